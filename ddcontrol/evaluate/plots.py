@@ -55,7 +55,7 @@ def plot_dataset(dataset: TrajectoryDataset, path: str | Path, num_trajectories:
 
 def plot_tracking(t: np.ndarray, reference: np.ndarray, outputs: Mapping[str, np.ndarray],
                   path: str | Path, channel_names: Sequence[str] | None = None,
-                  title: str = "") -> Path:
+                  title: str = "", shade_until: float | None = None) -> Path:
     """Tracked outputs of several runs against the reference.
 
     Parameters
@@ -66,11 +66,15 @@ def plot_tracking(t: np.ndarray, reference: np.ndarray, outputs: Mapping[str, np
         Reference of the q tracked channels.
     outputs : mapping name -> ndarray (T', q)
         Each run's tracked outputs (T' ≤ T allowed, e.g. a failed run).
+    shade_until : float, optional
+        Grey out ``t < shade_until`` (s): the warm-up that is not scored.
     """
     q = reference.shape[1]
     fig, axes = _figure(q)
     for c in range(q):
         ax = axes[c, 0]
+        if shade_until:
+            ax.axvspan(t[0], shade_until, color="0.92", lw=0, label="warm-up" if c == 0 else None)
         ax.plot(t, reference[:, c], "k--", lw=1.6, label="reference")
         for name, y in outputs.items():
             y = np.asarray(y)

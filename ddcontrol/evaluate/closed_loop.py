@@ -1,0 +1,155 @@
+"""Closed-loop episodes in the true environment, and their metrics."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+import envs
+from ddcontrol.tracking.cost import tracking_cost, weight_matrix
+from ddcontrol.tracking.reference import Reference
+
+
+class Policy(Protocol):
+    """What a closed-loop controller must offer (the baselines and the DenoisingTracker do)."""
+
+    name: str
+    last_solve_time_s: float
+
+    def reset(self, observation: np.ndarray, info: dict | None = None) -> None: ...
+
+    def act(self, observation: np.ndarray, info: dict | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class Episode:
+    """One closed-loop run.
+
+    Attributes
+    ----------
+    name : str
+        Controller label.
+    outputs : ndarray (K, p)
+        Measured outputs y_0 .. y_{K-1} (the one each action was computed from).
+    inputs : ndarray (K, m)
+        Applied (saturated) inputs u_0 .. u_{K-1}.
+    requested : ndarray (K, m)
+        Inputs as returned by the controller, before the actuator saturates them.
+    states : ndarray (K + 1, n_x)
+        True states.
+    solve_times : ndarray (K,)
+        Seconds the controller spent per step.
+    error : str or None
+        Why the episode stopped early (an exception, a NaN action, a diverged simulation).
+    """
+
+    name: str
+    outputs: np.ndarray
+    inputs: np.ndarray
+    requested: np.ndarray
+    states: np.ndarray
+    solve_times: np.ndarray
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def run_episode(env_id: str, controller: Policy, steps: int, *, seed: int = 0,
+                initial_state: np.ndarray | None = None,
+                env_kwargs: dict[str, Any] | None = None, warmup: int = 0,
+                warmup_input: np.ndarray | None = None) -> Episode:
+    """Run ``controller`` for ``steps`` samples in a fresh ``env_id`` environment.
+
+    The environment is reset with ``seed`` (and ``initial_state`` if given), so every controller
+    run with the same arguments sees the same initial state and noise. For the first ``warmup``
+    samples the controller is still called (it measures), but ``warmup_input`` (default zero) is
+    applied: data-driven controllers that need T_ini past samples apply exactly that input during
+    their own warm-up, and with it every controller starts acting from the same state. A
+    controller that raises or returns a non-finite action ends its episode with ``error`` set;
+    nothing propagates.
+    """
+    envs.register_envs()
+    env = gym.make(env_id, **(env_kwargs or {}))
+    options = None if initial_state is None else {"state": np.asarray(initial_state, float)}
+    obs, info = env.reset(seed=seed, options=options)
+    ys, us, req, xs, times = [], [], [], [info["state"]], []
+    error = None
+    try:
+        controller.reset(obs, info)
+    except Exception as exc:  # noqa: BLE001 - a failing controller is a result, not a crash
+        error = f"reset failed: {type(exc).__name__}: {exc}"
+    for _ in range(steps if error is None else 0):
+        start = time.perf_counter()
+        try:
+            action = np.asarray(controller.act(obs, info), dtype=np.float64).reshape(-1)
+        except Exception as exc:  # noqa: BLE001
+            error = f"{type(exc).__name__}: {exc}"
+            tb = traceback.extract_tb(exc.__traceback__)
+            if tb:
+                error += f" (at {tb[-1].filename.split('/')[-1]}:{tb[-1].lineno})"
+            break
+        times.append(time.perf_counter() - start)
+        if action.shape != env.action_space.shape or not np.all(np.isfinite(action)):
+            error = f"invalid action {action!r}"
+            times.pop()
+            break
+        if len(ys) < warmup:
+            action = (np.zeros(env.action_space.shape) if warmup_input is None
+                      else np.asarray(warmup_input, dtype=np.float64).reshape(action.shape))
+        ys.append(obs)
+        req.append(action)
+        obs, _, terminated, _, info = env.step(action)
+        us.append(info["applied_action"])
+        xs.append(info["state"])
+        if terminated:
+            error = "simulation diverged"
+            break
+    env.close()
+    m, p = env.action_space.shape[0], env.observation_space.shape[0]
+    return Episode(controller.name if hasattr(controller, "name") else type(controller).__name__,
+                   np.array(ys).reshape(-1, p), np.array(us).reshape(-1, m),
+                   np.array(req).reshape(-1, m), np.array(xs), np.array(times), error)
+
+
+def episode_metrics(episode: Episode, reference: Reference, Q: Any, R: Any, *,
+                    input_low: np.ndarray, input_high: np.ndarray, score_from: int = 0
+                    ) -> dict[str, Any]:
+    """Tracking metrics of the samples ``k >= score_from``.
+
+    Returns ``rms_error`` (RMS over tracked channels and samples, output units), ``total_cost``
+    (Σ uᵀRu + eᵀQe), ``input_energy`` (Σ‖u‖²), ``bound_violations`` (samples where the
+    controller asked for an input outside the actuator limits), ``mean_solve_ms`` and
+    ``max_solve_ms``, ``steps`` scored, and ``failed``.
+    """
+    k = len(episode.outputs)
+    out: dict[str, Any] = {"failed": episode.failed, "error": episode.error, "steps": k}
+    if k <= score_from:
+        out.update(rms_error=float("inf"), total_cost=float("inf"), input_energy=float("nan"),
+                   bound_violations=0, mean_solve_ms=float("nan"), max_solve_ms=float("nan"))
+        return out
+    y = episode.outputs[score_from:]
+    u = episode.inputs[score_from:]
+    r = reference.window(score_from, len(y))
+    e = reference.select(y) - r
+    tol = 1e-9 * (1.0 + np.abs(input_high - input_low))
+    violations = np.any((episode.requested[score_from:] < input_low - tol)
+                        | (episode.requested[score_from:] > input_high + tol), axis=1)
+    cost = tracking_cost(u, reference.select(y), r, weight_matrix(Q, reference.tracked_dim, "Q"),
+                         weight_matrix(R, u.shape[1], "R"))
+    # A failed episode is scored on what it did, but its cost is not comparable: report inf.
+    out.update(rms_error=float(np.sqrt(np.mean(e ** 2))) if not episode.failed else float("inf"),
+               total_cost=float(cost) if not episode.failed else float("inf"),
+               input_energy=float(np.sum(u ** 2)),
+               bound_violations=int(np.sum(violations)),
+               mean_solve_ms=float(1e3 * np.mean(episode.solve_times)),
+               max_solve_ms=float(1e3 * np.max(episode.solve_times)),
+               steps=len(y))
+    return out

@@ -1,0 +1,205 @@
+"""Side-by-side comparison of controllers in closed loop on the same problems.
+
+Every controller runs in the true environment on the same reference, initial states (seeds) and
+noise; the table reports RMS tracking error, total cost, cost ratio to the oracle, input energy,
+bound violations and solve times. A controller that cannot be built, raises, or returns NaN is
+reported as failed and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddcontrol.data.collect import make_dynamics
+from ddcontrol.evaluate.closed_loop import Episode, Policy, episode_metrics, run_episode
+from ddcontrol.evaluate.plots import plot_series, plot_tracking
+from ddcontrol.tracking.reference import Reference
+
+COLUMNS = ("controller", "rms_error", "total_cost", "cost_ratio", "input_energy",
+           "bound_violations", "mean_solve_ms", "max_solve_ms", "failed")
+
+
+@dataclass
+class ComparisonResult:
+    """Outcome of :func:`compare`.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One row per controller (metrics averaged over seeds; ``cost_ratio`` is the mean over
+        seeds of total cost / the oracle's total cost), keys ``COLUMNS`` plus ``error``.
+    episodes : dict of name -> list of Episode
+        Every run, per seed.
+    """
+
+    env_id: str
+    reference: Reference
+    seeds: list[int]
+    score_from: int
+    rows: list[dict[str, Any]]
+    episodes: dict[str, list[Episode]] = field(repr=False)
+
+    def row(self, name: str) -> dict[str, Any]:
+        """The table row of controller ``name``."""
+        for r in self.rows:
+            if r["controller"] == name:
+                return r
+        raise KeyError(name)
+
+    def to_markdown(self) -> str:
+        """The table as Markdown (one row per controller)."""
+        head = ["controller", "RMS error", "total cost", "cost / oracle", "input energy",
+                "bound viol.", "mean solve [ms]", "max solve [ms]", "status"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            status = "ok" if not r["failed"] else f"FAILED: {str(r.get('error'))[:80]}"
+            lines.append("| " + " | ".join([
+                r["controller"], _fmt(r["rms_error"]), _fmt(r["total_cost"]),
+                _fmt(r["cost_ratio"]), _fmt(r["input_energy"]), str(r["bound_violations"]),
+                _fmt(r["mean_solve_ms"]), _fmt(r["max_solve_ms"]), status]) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env_id": self.env_id, "reference": self.reference.name,
+                "reference_channels": list(self.reference.channels), "seeds": self.seeds,
+                "score_from": self.score_from, "steps": self.reference.steps,
+                "table": [{k: _jsonable(v) for k, v in r.items()} for r in self.rows]}
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def compare(env_id: str, controllers: Mapping[str, Callable[[], Policy]], reference: Reference,
+            *, Q: Any, R: Any, seeds: Sequence[int] = (0,), score_from: int = 0,
+            env_kwargs: dict[str, Any] | None = None,
+            initial_states: Sequence[np.ndarray] | None = None,
+            progress: bool = True) -> ComparisonResult:
+    """Run every controller in closed loop for ``reference.steps`` samples per seed.
+
+    Parameters
+    ----------
+    controllers : mapping name -> factory
+        Each factory builds the controller (called once; the controller is reset per seed).
+        A factory that raises marks that controller failed ("not applicable", ...).
+    reference : Reference
+        Targets for the whole episode; its length is the episode length.
+    Q, R : weights of the reported cost.
+    seeds : environment seeds (initial state and noise); one episode per seed.
+    score_from : the common warm-up: for samples ``k < score_from`` every controller's input is
+        replaced by zero (the data-driven ones measure their T_ini past meanwhile, applying zero
+        themselves), and the metrics count samples ``k >= score_from`` only.
+    initial_states : optional, one state per seed, instead of the env's random start.
+    """
+    dyn = make_dynamics(env_id, env_kwargs)
+    steps = reference.steps
+    episodes: dict[str, list[Episode]] = {}
+    metrics: dict[str, list[dict[str, Any]]] = {}
+    names = list(controllers)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names) * len(seeds), desc="closed loop", unit="episode")
+    for name in names:
+        try:
+            ctrl = controllers[name]()
+            if getattr(ctrl, "name", None) != name:
+                try:
+                    ctrl.name = name
+                except AttributeError:
+                    pass
+            build_error = None
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            ctrl, build_error = None, f"{type(exc).__name__}: {exc}"
+        episodes[name], metrics[name] = [], []
+        for i, seed in enumerate(seeds):
+            if ctrl is None:
+                ep = Episode(name, np.zeros((0, dyn.output_dim)), np.zeros((0, dyn.input_dim)),
+                             np.zeros((0, dyn.input_dim)), np.zeros((0, dyn.state_dim)),
+                             np.zeros(0), build_error)
+            else:
+                x0 = None if initial_states is None else initial_states[i]
+                ep = run_episode(env_id, ctrl, steps, seed=seed, initial_state=x0,
+                                 env_kwargs=env_kwargs, warmup=score_from)
+                ep.name = name
+            ep.metrics = episode_metrics(ep, reference, Q, R, input_low=dyn.input_low,
+                                         input_high=dyn.input_high, score_from=score_from)
+            episodes[name].append(ep)
+            metrics[name].append(ep.metrics)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    rows = []
+    for name in names:
+        ms = metrics[name]
+        row: dict[str, Any] = {"controller": name}
+        for key in ("rms_error", "total_cost", "input_energy", "mean_solve_ms"):
+            row[key] = float(np.mean([m[key] for m in ms]))
+        row["max_solve_ms"] = float(np.max([m["max_solve_ms"] for m in ms]))
+        row["bound_violations"] = int(np.sum([m["bound_violations"] for m in ms]))
+        row["failed"] = any(m["failed"] for m in ms)
+        row["error"] = next((m["error"] for m in ms if m["error"]), None)
+        if "oracle" in metrics and not any(m["failed"] for m in metrics["oracle"]):
+            ratios = [m["total_cost"] / max(o["total_cost"], 1e-300)
+                      for m, o in zip(ms, metrics["oracle"])]
+            row["cost_ratio"] = float(np.mean(ratios))
+        else:
+            row["cost_ratio"] = float("nan")
+        rows.append(row)
+    return ComparisonResult(env_id, reference, list(seeds), score_from, rows, episodes)
+
+
+def write_comparison(result: ComparisonResult, out: str | Path, *, seed_index: int = 0,
+                     extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``results.json``, ``table.md`` and the plots (outputs vs reference for every
+    controller, inputs, solve time per step) of ``result`` into folder ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = result.reference
+    dyn = make_dynamics(result.env_id)
+    names_y = [dyn.output_names[c] for c in ref.channels]
+    t = np.arange(ref.steps) * ref.dt
+    ok = {n: eps[seed_index] for n, eps in result.episodes.items() if len(eps[seed_index].outputs)}
+    paths = {
+        "outputs": plot_tracking(t, ref.values, {n: ref.select(e.outputs) for n, e in ok.items()},
+                                 out / "outputs.png", names_y,
+                                 title=f"{result.env_id}: '{ref.name}' reference, seed "
+                                       f"{result.seeds[seed_index]}",
+                                 shade_until=result.score_from * ref.dt or None),
+        "inputs": plot_series({n: e.inputs for n, e in ok.items()}, out / "inputs.png",
+                              "step", "applied input", title="inputs"),
+        "solve_times": plot_series({n: 1e3 * e.solve_times for n, e in ok.items()},
+                                   out / "solve_times.png", "step", "solve time [ms]",
+                                   title="per-step solve time", logy=True),
+    }
+    table = result.to_markdown()
+    (out / "table.md").write_text(table + "\n")
+    payload = {**result.to_dict(), **(extra or {}),
+               "episodes": {n: [{"outputs": e.outputs.tolist(), "inputs": e.inputs.tolist(),
+                                 "solve_times_s": e.solve_times.tolist(), "error": e.error}
+                                for e in eps] for n, eps in result.episodes.items()}}
+    (out / "results.json").write_text(json.dumps(payload, indent=1, default=_jsonable))
+    paths["table"] = out / "table.md"
+    paths["results"] = out / "results.json"
+    return paths

@@ -14,7 +14,7 @@ from ddcontrol import __version__
 from ddcontrol.errors import DDControlError
 
 # Module names under ddcontrol.cli, in the order they appear in ``ddcontrol --help``.
-SUBCOMMANDS = ["generate", "demo"]
+SUBCOMMANDS = ["generate", "train", "track", "compare", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,10 @@
+"""Riemannian solvers on the behaviour manifold: DRGD, DLF and momentum DRGD (batched)."""
+
+from ddcontrol.solvers.accelerated import AcceleratedDRGD
+from ddcontrol.solvers.base import Solver
+from ddcontrol.solvers.dlf import DLF
+from ddcontrol.solvers.drgd import DRGD
+from ddcontrol.solvers.problem import Problem
+from ddcontrol.solvers.result import SolverResult
+
+__all__ = ["Problem", "Solver", "SolverResult", "DRGD", "DLF", "AcceleratedDRGD"]

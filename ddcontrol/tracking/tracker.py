@@ -1,0 +1,430 @@
+"""DenoisingTracker: reference tracking by Riemannian optimisation on a learned behaviour manifold.
+
+The tracker composes the pieces: a denoiser (the only knowledge of the system), a
+:class:`TrackingProblem`, the :class:`~ddcontrol.manifold.BehaviorManifold` at a fixed σ and a
+solver (DRGD by default). Windows are ``L = T_ini + N_h`` steps of ``(u, y)`` in the model's
+normalised units; the first ``T_ini`` steps are the measured past, which conditions the plan on
+the system's current (unknown) state, as in DeePC.
+
+Conditioning (``conditioning=``), how the past block and the current output ``y_k`` are tied to
+the measurements:
+
+* ``"pin"`` (default): optimise on the slice of the manifold where they equal the measurements
+  (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`: tangent steps that keep them fixed and
+  a Gauss-Newton pull onto them). The plan stays on the manifold *and* consistent with the data.
+* ``"clamp"``: re-impose them after every projection through box constraints (lower = upper).
+  The returned window is then off the manifold where the projection wanted to move the past,
+  and its future belongs to another past: measured replay costs are several times worse.
+* ``"penalty"``: ``λ ‖x_past − measured‖²`` added to the cost. Small λ lets the plan trade past
+  fit for future cost (the predicted cost drops below the true optimum); large λ makes the
+  problem stiff (step ≈ 1/(2λ)).
+
+``benchmarks/bench_tracking.py --conditioning`` measures the three; "pin" is the default because
+it is the only one that reaches the true optimum on linear systems.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddcontrol._validation import as_finite_array, check_positive_float, check_positive_int
+from ddcontrol.data.normalize import Normalizer
+from ddcontrol.errors import ConfigurationError, DimensionError, UnknownNameError
+from ddcontrol.manifold import BehaviorManifold
+from ddcontrol.solvers import DLF, DRGD, AcceleratedDRGD, Problem, Solver, SolverResult
+from ddcontrol.solvers.conditioned import ConditionedDRGD
+from ddcontrol.tracking.problem import TrackingProblem, WindowCost
+
+SOLVERS = ("drgd", "nesterov", "dlf")
+CONDITIONINGS = ("pin", "clamp", "penalty")
+
+
+@dataclass
+class PlanResult:
+    """A plan on the manifold for the horizon ahead.
+
+    Attributes
+    ----------
+    inputs : ndarray (N_h, m)
+        Planned inputs, physical units, inside the input bounds.
+    predicted_outputs : ndarray (N_h, p)
+        The model's outputs y* for those inputs (physical units).
+    predicted_cost : float
+        Tracking cost of (inputs, predicted_outputs).
+    initial_cost : float
+        Cost of the initial point (the best training window for a cold start).
+    window : ndarray (L, m + p)
+        The optimised window in normalised units (past block included).
+    iterations : int
+    solve_time_s : float
+    manifold_distance : float
+        ‖v(x) − x‖ of the final window in normalised units: large values mean the point is not
+        where the denoiser thinks the manifold is.
+    solver_result : SolverResult
+    """
+
+    inputs: np.ndarray
+    predicted_outputs: np.ndarray
+    predicted_cost: float
+    initial_cost: float
+    window: np.ndarray
+    iterations: int
+    solve_time_s: float
+    manifold_distance: float
+    solver_result: SolverResult = field(repr=False)
+
+
+class DenoisingTracker:
+    """Plan inputs that track a reference, on the behaviour manifold learned by a denoiser.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``D(x, σ)`` on normalised windows (B, L, m + p); a trained model or a closed form.
+    normalizer : Normalizer
+        The model's normalisation (physical ↔ normalised).
+    problem : TrackingProblem
+        Reference, horizon N_h, weights and input bounds.
+    candidates : ndarray (M, L, m + p), optional
+        Normalised training windows of the model's length L; the cold start is the one of least
+        cost (and past mismatch), or the ``num_starts`` best as a batch of starts.
+    past_length : int
+        T_ini, the measured past that conditions each plan; the model's window length must be
+        ``T_ini + N_h``.
+    sigma : float
+        Noise level of the projection, normalised units.
+    solver : "drgd" | "nesterov" | "dlf" | Solver
+        The optimiser; a name builds it with ``step_scale / L`` as step size (L: the cost
+        gradient's Lipschitz constant in normalised coordinates).
+    iterations : int
+        Iterations of a cold-start plan.
+    iterations_per_step : int
+        Iterations of each warm-started receding-horizon plan.
+    conditioning : "clamp" | "penalty"
+    penalty_weight : float
+        λ for the penalty conditioning (per normalised unit²).
+    num_starts : int
+        Solve from the k best candidates at once and keep the best.
+    damping, max_step : float
+        Conditioned ("pin") solves: Tikhonov damping of the pinned-coordinate solves, and the
+        trust radius of one iteration's move in normalised units (None: no cap); see
+        :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`. A learned denoiser is only
+        reliable within a few training σ of the data, so long moves are unsafe.
+    refine_iterations : int
+        Gauss-Newton iterations that, after a cold-start plan, pin the measured past and the
+        final (clipped) inputs and pull the window onto the manifold, so that the predicted
+        outputs are the model's response to exactly the inputs that will be applied (0: off).
+        Receding-horizon steps skip it (only their first input is applied).
+    warmup_input : ndarray (m,), optional
+        Input applied while fewer than T_ini samples have been measured (default: zero, clipped
+        into the bounds).
+    """
+
+    def __init__(self, denoiser: Any, normalizer: Normalizer, problem: TrackingProblem, *,
+                 candidates: np.ndarray | None = None, past_length: int = 0, sigma: float = 0.05,
+                 solver: str | Solver = "drgd", step_scale: float = 1.0, iterations: int = 500,
+                 iterations_per_step: int = 20, conditioning: str = "pin",
+                 penalty_weight: float = 100.0, num_starts: int = 1,
+                 warmup_input: np.ndarray | None = None, refine_iterations: int = 5,
+                 damping: float = 0.05, max_step: float | None = 0.5,
+                 device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if not callable(denoiser):
+            raise TypeError("denoiser must be callable as D(x, sigma)")
+        if not isinstance(problem, TrackingProblem):
+            raise TypeError(f"problem must be a TrackingProblem, got {type(problem).__name__}")
+        if conditioning not in CONDITIONINGS:
+            raise UnknownNameError(f"conditioning must be one of {CONDITIONINGS}, got "
+                                   f"{conditioning!r}")
+        self.denoiser, self.normalizer, self.problem = denoiser, normalizer, problem
+        self.past_length = check_positive_int(past_length, "past_length", allow_zero=True)
+        self.window_length = self.past_length + problem.horizon
+        self.sigma = check_positive_float(sigma, "sigma")
+        self.iterations = check_positive_int(iterations, "iterations")
+        self.iterations_per_step = check_positive_int(iterations_per_step, "iterations_per_step")
+        self.num_starts = check_positive_int(num_starts, "num_starts")
+        self.penalty_weight = check_positive_float(penalty_weight, "penalty_weight")
+        self.refine_iterations = check_positive_int(refine_iterations, "refine_iterations",
+                                                    allow_zero=True)
+        self.damping = check_positive_float(damping, "damping")
+        self.max_step = None if max_step is None else check_positive_float(max_step, "max_step")
+        self.conditioning = conditioning
+        self.device, self.dtype = torch.device(device), dtype
+        m, p = problem.input_dim, problem.output_dim
+        self.m, self.p = m, p
+        self.cost = problem.window_cost(normalizer, self.past_length, 0, dtype, self.device)
+        self.manifold = BehaviorManifold(denoiser, self.sigma)
+        self.step_scale = check_positive_float(step_scale, "step_scale")
+        self.solver_name = solver if isinstance(solver, str) else solver.name
+        self._solver_spec = solver
+        if isinstance(solver, str) and solver not in SOLVERS:
+            raise UnknownNameError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        self.candidates = None
+        if candidates is not None:
+            cand = as_finite_array(candidates, "candidates", ndim=3)
+            if cand.shape[1:] != (self.window_length, m + p):
+                raise DimensionError(f"candidates must be (M, {self.window_length}, {m + p}) "
+                                     f"normalised windows, got {cand.shape}")
+            self.candidates = torch.as_tensor(cand, dtype=dtype, device=self.device)
+        low = -np.inf if problem.input_low is None else problem.input_low
+        high = np.inf if problem.input_high is None else problem.input_high
+        self._u_low = np.broadcast_to(low, (m,)).astype(float)
+        self._u_high = np.broadcast_to(high, (m,)).astype(float)
+        warm = np.zeros(m) if warmup_input is None else as_finite_array(warmup_input,
+                                                                        "warmup_input", ndim=1)
+        if warm.shape != (m,):
+            raise DimensionError(f"warmup_input must have shape ({m},), got {warm.shape}")
+        self.warmup_input = np.clip(warm, self._u_low, self._u_high)
+        self.reset()
+
+    @classmethod
+    def from_model(cls, model: Any, problem: TrackingProblem, dataset: Any = None,
+                   candidate_stride: int = 1, **kwargs: Any) -> DenoisingTracker:
+        """Build from a trained model (``.denoiser``, ``.normalizer``, ``.window_length``) and,
+        for cold starts, the dataset it was trained on."""
+        past = model.window_length - problem.horizon
+        if past < 0:
+            raise DimensionError(f"the model's windows ({model.window_length} steps) are shorter "
+                                 f"than the horizon {problem.horizon}")
+        cand = None
+        if dataset is not None:
+            cand = model.normalizer.normalize(dataset.windows(model.window_length,
+                                                              candidate_stride))
+        device = next(iter(model.denoiser.parameters())).device if hasattr(
+            model.denoiser, "parameters") else "cpu"
+        kwargs.setdefault("device", device)
+        return cls(model.denoiser, model.normalizer, problem, candidates=cand, past_length=past,
+                   **kwargs)
+
+    # -- one plan -----------------------------------------------------------------------------
+    @property
+    def step_size(self) -> float:
+        """step_scale / L, L the Lipschitz constant of the (penalised) cost's gradient."""
+        lip = self.cost.lipschitz()
+        if self.conditioning == "penalty" and self.past_length:
+            lip = max(lip, 2.0 * self.penalty_weight)
+        return self.step_scale / max(lip, 1e-12)
+
+    def _make_solver(self, iterations: int, measured: Tensor | None) -> Solver:
+        spec = self._solver_spec
+        if not isinstance(spec, str):
+            spec.max_iterations = iterations
+            return spec
+        common = {"max_iterations": iterations, "min_gradient_norm": 0.0, "check_every": 50,
+                  "record_history": True}
+        if measured is not None and self.conditioning == "pin":
+            mask = torch.zeros(self.window_length, self.m + self.p, dtype=torch.bool,
+                               device=self.device)
+            values = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+            known = ~torch.isnan(measured)
+            mask[: measured.shape[0]] = known
+            values[: measured.shape[0]] = torch.nan_to_num(measured)
+            momentum = 0.0 if spec == "drgd" else 0.9
+            return ConditionedDRGD(mask, values, step_size=self.step_size, momentum=momentum,
+                                   damping=self.damping, max_step=self.max_step, **common)
+        if spec == "drgd":
+            return DRGD(step_size=self.step_size, **common)
+        if spec == "nesterov":
+            return AcceleratedDRGD(step_size=self.step_size, momentum=0.9, **common)
+        return DLF(step_size=self.step_size, **common)
+
+    def _normalised_past(self, past_u: np.ndarray | None, past_y: np.ndarray | None,
+                         current_y: np.ndarray | None) -> Tensor | None:
+        """Measured past as a normalised (T_ini + 1, C) block; NaN where not measured."""
+        t = self.past_length
+        if t == 0 and current_y is None:
+            return None
+        block = np.full((t + 1, self.m + self.p), np.nan)
+        if t:
+            pu = as_finite_array(past_u, "past_u", ndim=2)
+            py = as_finite_array(past_y, "past_y", ndim=2)
+            if pu.shape != (t, self.m) or py.shape != (t, self.p):
+                raise DimensionError(f"past_u must be ({t}, {self.m}) and past_y ({t}, {self.p}),"
+                                     f" got {pu.shape} and {py.shape}")
+            block[:t, : self.m], block[:t, self.m:] = pu, py
+        if current_y is not None:
+            block[t, self.m:] = as_finite_array(current_y, "current_y", ndim=1)
+        mean, std = self.normalizer.mean, self.normalizer.std
+        return torch.as_tensor((block - mean) / std, dtype=self.dtype, device=self.device)
+
+    def _bounds(self, measured: Tensor | None) -> tuple[Tensor, Tensor]:
+        mean, std = self.normalizer.mean[: self.m], self.normalizer.std[: self.m]
+        lo = np.full((self.window_length, self.m + self.p), -np.inf)
+        hi = np.full((self.window_length, self.m + self.p), np.inf)
+        lo[self.past_length:, : self.m] = (self._u_low - mean) / std
+        hi[self.past_length:, : self.m] = (self._u_high - mean) / std
+        lo_t = torch.as_tensor(lo, dtype=self.dtype, device=self.device)
+        hi_t = torch.as_tensor(hi, dtype=self.dtype, device=self.device)
+        if measured is not None and self.conditioning == "clamp":
+            known = ~torch.isnan(measured)
+            rows = slice(0, measured.shape[0])
+            lo_t[rows][known] = measured[known]
+            hi_t[rows][known] = measured[known]
+        return lo_t, hi_t
+
+    def _cost_fns(self, measured: Tensor | None) -> tuple[Any, Any]:
+        cost: WindowCost = self.cost
+        if measured is None or self.conditioning == "clamp":
+            return cost, cost.egrad
+        known = ~torch.isnan(measured)
+        target = torch.nan_to_num(measured)
+        rows, lam = measured.shape[0], self.penalty_weight
+
+        def f(x: Tensor) -> Tensor:
+            d = (x[:, :rows] - target) * known
+            return cost(x) + lam * (d * d).sum(dim=(-1, -2))
+
+        def g(x: Tensor) -> Tensor:
+            out = cost.egrad(x)
+            out[:, :rows] += 2.0 * lam * (x[:, :rows].detach() - target) * known
+            return out
+
+        return f, g
+
+    def _cold_start(self, measured: Tensor | None, f: Any) -> Tensor:
+        if self.candidates is None:
+            raise ConfigurationError("a cold start needs candidate windows (pass candidates= or "
+                                     "build with from_model(..., dataset=...)) or initial_point=")
+        with torch.no_grad():
+            score = torch.cat([f(c) for c in torch.split(self.candidates, 4096)])
+            if measured is not None:
+                known = ~torch.isnan(measured)
+                d = (self.candidates[:, : measured.shape[0]] - torch.nan_to_num(measured)) * known
+                # Mismatch of the past dominates: a window from another state is a poor start.
+                score = score + 1e3 * (d * d).sum(dim=(-1, -2))
+            idx = torch.topk(score, min(self.num_starts, len(score)), largest=False).indices
+        x0 = self.candidates[idx].clone()
+        if measured is not None:
+            known = ~torch.isnan(measured)
+            x0[:, : measured.shape[0]][:, known] = measured[known]
+        return x0
+
+    def _refine(self, x: Tensor, measured: Tensor | None) -> Tensor:
+        """Make the predicted outputs those of the final (clipped) inputs: pin the measured past
+        and every future input, and pull the window onto the manifold (Gauss-Newton only)."""
+        mask = torch.zeros(x.shape[1:], dtype=torch.bool, device=self.device)
+        values = x[0].clone()
+        lo, hi = self._bounds(None)
+        values[self.past_length:, : self.m] = torch.clamp(
+            values[self.past_length:, : self.m], lo[self.past_length:, : self.m],
+            hi[self.past_length:, : self.m])
+        mask[self.past_length:, : self.m] = True
+        if measured is not None:
+            known = ~torch.isnan(measured)
+            mask[: measured.shape[0]] |= known
+            values[: measured.shape[0]][known] = measured[known]
+        zero = lambda z: torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)  # noqa: E731
+        problem = Problem(self.manifold, zero, torch.zeros_like)
+        solver = ConditionedDRGD(mask, values, step_size=1.0, max_iterations=self.refine_iterations,
+                                 min_gradient_norm=0.0, record_history=False)
+        out = solver.run(problem, initial_point=x).point
+        out[:, mask] = values[mask]
+        return out
+
+    def plan(self, past_u: np.ndarray | None = None, past_y: np.ndarray | None = None, *,
+             current_y: np.ndarray | None = None, start: int = 0,
+             initial_point: np.ndarray | Tensor | None = None,
+             iterations: int | None = None, refine: bool = True) -> PlanResult:
+        """Solve the tracking problem over the horizon starting at reference step ``start``.
+
+        Parameters
+        ----------
+        past_u, past_y : ndarray (T_ini, m), (T_ini, p)
+            The last T_ini measured inputs and outputs (physical units); required if T_ini > 0.
+        current_y : ndarray (p,), optional
+            The output measured now (the first future output), pinned like the past.
+        initial_point : (L, C) or (B, L, C) normalised windows, optional
+            Warm start; default: the best candidate window(s).
+        """
+        measured = self._normalised_past(past_u, past_y, current_y)
+        self.cost.set_start(start)
+        f, g = self._cost_fns(measured)
+        if initial_point is None:
+            x0 = self._cold_start(measured, f)
+        else:
+            x0 = torch.as_tensor(initial_point, dtype=self.dtype, device=self.device)
+            x0 = x0[None] if x0.ndim == 2 else x0
+            if x0.shape[1:] != (self.window_length, self.m + self.p):
+                raise DimensionError(f"initial_point must be (B, {self.window_length}, "
+                                     f"{self.m + self.p}), got {tuple(x0.shape)}")
+        lo, hi = self._bounds(measured)
+        problem = Problem(self.manifold, f, g, lower=lo, upper=hi)
+        solver = self._make_solver(iterations or self.iterations, measured)
+        start_t = time.perf_counter()
+        result = solver.run(problem, initial_point=x0)
+        with torch.no_grad():
+            # The final iterate, not the lowest-cost one: early iterates can be cheaper only
+            # because they do not yet satisfy the conditioning. (A diverged start already
+            # reports its best finite iterate as its point.)
+            best = int(torch.argmin(torch.nan_to_num(result.cost, nan=torch.inf)))
+            x = result.point[best:best + 1]
+            dist = float(self.manifold.dist(x)[0])
+            initial_cost = float(self.cost(x0[best:best + 1])[0])
+        if refine and self.refine_iterations:
+            x = self._refine(x, measured)
+        solve_time = time.perf_counter() - start_t
+        w = self.normalizer.denormalize(x[0].double().cpu().numpy())
+        fut = w[self.past_length:]
+        u = np.clip(fut[:, : self.m], self._u_low, self._u_high)
+        y = fut[:, self.m:]
+        return PlanResult(inputs=u, predicted_outputs=y,
+                          predicted_cost=float(self.problem.cost(u, y, start)),
+                          initial_cost=initial_cost, window=x[0].cpu().numpy(),
+                          iterations=result.iterations, solve_time_s=solve_time,
+                          manifold_distance=dist, solver_result=result)
+
+    # -- receding horizon (a Gymnasium-loop policy) ----------------------------------------------
+    name = "denoising"
+
+    def reset(self, observation: np.ndarray | None = None, info: dict | None = None) -> None:
+        """Forget the measured history and the warm start (call at the start of an episode)."""
+        self._u_hist: list[np.ndarray] = []
+        self._y_hist: list[np.ndarray] = []
+        self._warm: Tensor | None = None
+        self.last_plan: PlanResult | None = None
+        self.last_solve_time_s = 0.0
+        self.step_index = 0
+
+    def act(self, observation: np.ndarray, info: dict | None = None) -> np.ndarray:
+        """Measure ``observation`` (y_k), plan, and return the input u_k to apply now (m,).
+
+        ``info`` is accepted for the controller interface and ignored: the tracker uses
+        measured outputs only.
+        """
+        y = as_finite_array(observation, "observation", ndim=1)
+        if y.shape != (self.p,):
+            raise DimensionError(f"observation must have shape ({self.p},), got {y.shape}")
+        self._y_hist.append(y)
+        k, t = self.step_index, self.past_length
+        self.step_index += 1
+        if k < t:
+            self.last_solve_time_s = 0.0
+            self._u_hist.append(self.warmup_input.copy())
+            return self.warmup_input.copy()
+        past_u = np.array(self._u_hist[k - t:k]).reshape(t, self.m)
+        past_y = np.array(self._y_hist[k - t:k]).reshape(t, self.p)
+        if self._warm is None:
+            plan = self.plan(past_u, past_y, current_y=y, start=k)
+        else:
+            # Shift the previous plan by one step; its last row repeats (a neutral guess).
+            prev = self._warm
+            shifted = torch.cat([prev[1:], prev[-1:]], dim=0)
+            plan = self.plan(past_u, past_y, current_y=y, start=k, initial_point=shifted,
+                             iterations=self.iterations_per_step, refine=False)
+        self._warm = torch.as_tensor(plan.window, dtype=self.dtype, device=self.device)
+        self.last_plan = plan
+        self.last_solve_time_s = plan.solve_time_s
+        u = plan.inputs[0].copy()
+        if not np.all(np.isfinite(u)):
+            warnings.warn("tracker produced a non-finite input; applying the warm-up input",
+                          RuntimeWarning, stacklevel=2)
+            u = self.warmup_input.copy()
+        self._u_hist.append(u)
+        return u

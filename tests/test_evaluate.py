@@ -1,0 +1,135 @@
+"""Closed-loop harness, comparison table, and the track / compare / demo commands end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ddcontrol.baselines import make_baseline
+from ddcontrol.cli import main
+from ddcontrol.data import collect
+from ddcontrol.evaluate.closed_loop import run_episode
+from ddcontrol.evaluate.compare import COLUMNS, compare, write_comparison
+from ddcontrol.tracking.reference import make_reference
+
+MIMO = "ddcontrol/CoupledMasses-v0"
+MSD = "ddcontrol/MassSpringDamper-v0"
+
+
+class NaNController:
+    name = "nan"
+    last_solve_time_s = 0.0
+
+    def reset(self, observation, info=None):
+        self.k = 0
+
+    def act(self, observation, info=None):
+        self.k += 1
+        return np.full(2, np.nan) if self.k > 3 else np.zeros(2)
+
+
+class RaisingController(NaNController):
+    def act(self, observation, info=None):
+        raise RuntimeError("solver exploded")
+
+
+def test_compare_table_one_row_per_controller_and_failures_reported(tmp_path):
+    data = collect(MIMO, 100, 60, seed=0, noise=False)
+    ref = make_reference("random", MIMO, 40, seed=1)
+
+    def baseline(name, **kw):
+        return lambda: make_baseline(name, MIMO, ref, 1.0, 0.01, horizon=15, data=data, **kw)
+
+    controllers = {"oracle": baseline("oracle"), "deepc": baseline("deepc", lambda_g=1e-6),
+                   "lqr": baseline("lqr"), "nan": NaNController, "raises": RaisingController,
+                   "unbuildable": lambda: make_baseline("lqr", "ddcontrol/Unicycle-v0", ref,
+                                                        1.0, 0.01)}
+    res = compare(MIMO, controllers, ref, Q=1.0, R=0.01, seeds=[0, 1], score_from=4,
+                  progress=False)
+    assert [r["controller"] for r in res.rows] == list(controllers)
+    assert set(COLUMNS) <= set(res.rows[0])
+    # Noise-free LTI data: DeePC (unregularised) coincides with the model-based oracle.
+    assert res.row("oracle")["cost_ratio"] == pytest.approx(1.0)
+    assert res.row("deepc")["cost_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert res.row("lqr")["cost_ratio"] > 1.0
+    for name in ("nan", "raises", "unbuildable"):
+        assert res.row(name)["failed"] and res.row(name)["error"]
+    assert "solver exploded" in res.row("raises")["error"]
+    assert not res.row("oracle")["failed"]
+    paths = write_comparison(res, tmp_path)
+    for key in ("outputs", "inputs", "solve_times", "table", "results"):
+        assert paths[key].exists()
+    table = paths["table"].read_text()
+    assert table.count("\n") == len(controllers) + 2 and "FAILED" in table
+    payload = json.loads(paths["results"].read_text())
+    assert len(payload["table"]) == len(controllers)
+
+
+def test_warmup_applies_zero_input_and_same_seed_same_start():
+    ref = make_reference("step", MSD, 20)
+    ctrl = make_baseline("oracle", MSD, ref, 1.0, 0.01, horizon=10)
+    a = run_episode(MSD, ctrl, 20, seed=3, warmup=5)
+    b = run_episode(MSD, ctrl, 20, seed=3, warmup=5)
+    np.testing.assert_array_equal(a.inputs[:5], 0.0)
+    assert np.any(a.inputs[5:] != 0.0)
+    np.testing.assert_allclose(a.states, b.states)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A dataset and a tiny model (a few seconds of training): pipeline plumbing, not quality."""
+    root = tmp_path_factory.mktemp("tiny")
+    data_path = root / "msd.npz"
+    assert main(["generate", "--env", MSD, "--trajectories", "80", "--horizon", "40",
+                 "--out", str(data_path), "--quiet"]) == 0
+    assert main(["train", "--data", str(data_path), "--out", str(root / "model"), "--window",
+                 "15", "--steps", "60", "--width", "64", "--depth", "2", "--no-progress",
+                 "--val-every", "0"]) == 0
+    return data_path, root / "model"
+
+
+def test_track_cli_finite_horizon_and_closed_loop(tiny_model, tmp_path):
+    data_path, model_dir = tiny_model
+    out = tmp_path / "fh"
+    assert main(["track", "--model", str(model_dir), "--reference", "sine", "--horizon", "10",
+                 "--iterations", "20", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for key in ("predicted_cost", "replay_cost", "best_training_cost", "manifold_deviation",
+                "iterations", "solve_time_s"):
+        assert key in res and np.isfinite(res[key])
+    assert res["t_ini"] == 5
+    for png in ("outputs.png", "inputs.png", "cost_per_iteration.png"):
+        assert (out / png).stat().st_size > 1000
+    out = tmp_path / "cl"
+    assert main(["track", "--model", str(model_dir), "--reference", "step", "--horizon", "10",
+                 "--closed-loop", "12", "--iterations", "10", "--iterations-per-step", "3",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["per_step"]["solve_time_s"]) == 12 and not res["failed"]
+
+
+def test_compare_cli_with_the_tracker(tiny_model, tmp_path):
+    data_path, model_dir = tiny_model
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--env", MSD, "--data", str(data_path), "--model", str(model_dir),
+               "--controllers", "denoising,deepc,oracle", "--reference", "sine", "--steps", "15",
+               "--horizon", "10", "--iterations-per-step", "3", "--out", str(out), "--quiet"])
+    assert rc == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert [r["controller"] for r in payload["table"]] == ["denoising", "deepc", "oracle"]
+    assert (out / "outputs.png").exists()
+
+
+def test_demo_quick(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["controller"] for r in res["table"]} == {"denoising", "deepc", "lqr", "lqr-id",
+                                                       "oracle"}
+    assert "finite_horizon" in res and "timings" in res
+    for png in ("outputs.png", "inputs.png", "training_loss.png", "dataset.png",
+                "finite_horizon/cost_per_iteration.png"):
+        assert (out / png).stat().st_size > 1000
+    assert (out / "table.md").read_text().startswith("| controller")

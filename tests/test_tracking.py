@@ -1,0 +1,194 @@
+"""DenoisingTracker against exact answers, with closed-form denoisers (no training)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import ddcontrol  # noqa: F401  (registers the envs)
+from ddcontrol.data import collect
+from ddcontrol.data.collect import make_dynamics
+from ddcontrol.errors import ConfigurationError, DimensionError, UnknownNameError
+from ddcontrol.evaluate.replay import replay
+from ddcontrol.manifold import BehaviorManifold
+from ddcontrol.score import LinearGaussianDenoiser
+from ddcontrol.solvers import Problem
+from ddcontrol.solvers.conditioned import ConditionedDRGD
+from ddcontrol.tracking import DenoisingTracker, TrackingProblem
+
+MSD = "ddcontrol/MassSpringDamper-v0"
+MIMO = "ddcontrol/CoupledMasses-v0"
+
+
+def exact_projector_denoiser(windows: np.ndarray) -> LinearGaussianDenoiser:
+    """The linear-Gaussian denoiser of the windows' subspace with a wide prior: at σ = 1e-3 it is
+    the orthogonal projector onto the (affine) behaviour to ~1e-10. (Being exact, it needs
+    neither the tracker's damping nor its trust radius: the tests switch them off.)"""
+    fit = LinearGaussianDenoiser.from_samples(torch.as_tensor(windows, dtype=torch.float64))
+    return LinearGaussianDenoiser(fit.mean.reshape(windows.shape[1:]), fit.vectors,
+                                  torch.full((fit.rank,), 100.0, dtype=torch.float64))
+
+
+def lti_prediction(dyn, x0: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """y = O x0 + T u over the horizon, stacked time-major (y_0 first)."""
+    A, B, C = dyn.A, dyn.B, dyn.C
+    p, m = C.shape[0], B.shape[1]
+    O = np.concatenate([C @ np.linalg.matrix_power(A, i) for i in range(horizon)])
+    T = np.zeros((horizon * p, horizon * m))
+    for i in range(horizon):
+        for j in range(i):
+            T[i * p:(i + 1) * p, j * m:(j + 1) * m] = C @ np.linalg.matrix_power(A, i - 1 - j) @ B
+    return O @ x0, T
+
+
+def bounded_optimum(dyn, x0, ref, R, low, high, horizon):
+    import cvxpy as cp
+
+    c, T = lti_prediction(dyn, x0, horizon)
+    u = cp.Variable(T.shape[1])
+    obj = cp.sum_squares(T @ u + c - ref.reshape(-1)) + R * cp.sum_squares(u)
+    cp.Problem(cp.Minimize(obj), [u >= low, u <= high]).solve()
+    return float(obj.value)
+
+
+def test_finite_horizon_reaches_true_optimum_and_beats_training_windows():
+    n = 30
+    x0 = np.array([0.5, 0.0])
+    data = collect(MSD, 300, n, seed=0, initial_states=x0, noise=False)
+    windows = data.windows(n, normalized=True)
+    ref = 0.8 * np.sin(np.linspace(0, 2 * np.pi, n))[:, None]
+    prob = TrackingProblem(ref, n, 1, 1, dt=0.1, Q=1.0, R=0.01)
+    tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                               candidates=windows, sigma=1e-3, solver="nesterov",
+                               iterations=1500, dtype=torch.float64)
+    plan = tracker.plan()
+    rep = replay(prob, make_dynamics(MSD), x0, plan.inputs, plan.predicted_outputs)
+    c, T = lti_prediction(make_dynamics(MSD), x0, n)
+    u_opt = np.linalg.solve(T.T @ T + 0.01 * np.eye(n), T.T @ (ref[:, 0] - c))
+    optimum = float(prob.cost(u_opt[:, None], (T @ u_opt + c)[:, None]))
+    assert rep.true_cost == pytest.approx(optimum, rel=1e-3)
+    assert rep.manifold_deviation < 1e-3 and not rep.drifted
+    best_window = float(prob.cost(data.u, data.y).min())
+    assert rep.true_cost < best_window
+    assert plan.initial_cost == pytest.approx(best_window, rel=1e-6)
+
+
+def test_conditioned_plan_reaches_bounded_optimum_from_measured_past():
+    t_ini, n_h = 6, 20
+    data = collect(MIMO, 300, 60, seed=0, noise=False)
+    windows = data.windows(t_ini + n_h, stride=5, normalized=True)
+    episode = collect(MIMO, 1, 40, seed=5, noise=False)
+    k = 20
+    ref = np.stack([0.8 * np.sin(np.arange(60) * 0.1),
+                    0.5 * np.sign(np.sin(np.arange(60) * 0.05))], axis=1)
+    prob = TrackingProblem(ref, n_h, 2, 2, dt=0.1, Q=1.0, R=0.01, input_low=-5, input_high=5)
+    tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                               candidates=windows, past_length=t_ini, sigma=1e-3,
+                               solver="nesterov", iterations=600, dtype=torch.float64,
+                               damping=1e-3, max_step=None)
+    plan = tracker.plan(episode.u[0, k - t_ini:k], episode.y[0, k - t_ini:k],
+                        current_y=episode.y[0, k], start=k)
+    dyn = make_dynamics(MIMO)
+    rep = replay(prob, dyn, episode.x[0, k], plan.inputs, plan.predicted_outputs,
+                 u_prev=episode.u[0, k - 1], start=k)
+    optimum = bounded_optimum(dyn, episode.x[0, k], ref[k:k + n_h], 0.01, -5, 5, n_h)
+    assert rep.true_cost <= 1.01 * optimum
+    assert np.all(np.abs(plan.inputs) <= 5 + 1e-9)
+    # The plan's past is the measured past.
+    past = data.normalizer.denormalize(plan.window[:t_ini])
+    np.testing.assert_allclose(past[:, :2], episode.u[0, k - t_ini:k], atol=1e-6)
+    np.testing.assert_allclose(past[:, 2:], episode.y[0, k - t_ini:k], atol=1e-6)
+
+
+def test_conditioned_solver_keeps_pinned_coordinates_on_a_subspace():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(10, 6, dtype=torch.float64))[0]
+    den = LinearGaussianDenoiser(torch.zeros(10, dtype=torch.float64), basis,
+                                 torch.full((6,), 100.0, dtype=torch.float64))
+    manifold = BehaviorManifold(den, 1e-4)
+    target = torch.randn(10, dtype=torch.float64)
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[:3] = True
+    values = basis @ torch.randn(6, dtype=torch.float64)  # reachable pinned values
+    problem = Problem(manifold, lambda x: ((x - target) ** 2).sum(dim=1))
+    solver = ConditionedDRGD(mask, values, step_size=0.5, max_iterations=200, damping=1e-6,
+                             min_gradient_norm=0.0)
+    res = solver.run(problem, initial_point=torch.randn(2, 10, dtype=torch.float64))
+    x = res.point
+    np.testing.assert_allclose(x[:, :3].numpy(), values[:3].expand(2, 3).numpy(), atol=1e-8)
+    np.testing.assert_allclose(den(x, 1e-4).numpy(), x.numpy(), atol=1e-6)
+    # KKT on the slice: the gradient is orthogonal to the slice's tangent space.
+    null = torch.linalg.svd(basis[:3])[2][3:].T  # coefficients that leave the first 3 coords
+    slice_basis = basis @ null
+    grad = 2 * (x - target)
+    assert torch.abs(grad @ slice_basis).max() < 1e-6
+
+
+def test_closed_loop_tracks_a_constant_reference_in_a_gym_loop():
+    t_ini, n_h = 4, 15
+    data = collect(MSD, 200, 60, seed=1, noise=False)
+    windows = data.windows(t_ini + n_h, stride=4, normalized=True)
+    ref = np.full((200, 1), 1.0)
+    prob = TrackingProblem(ref, n_h, 1, 1, dt=0.1, Q=1.0, R=0.001, input_low=-5, input_high=5)
+    tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                               candidates=windows, past_length=t_ini, sigma=1e-3,
+                               solver="nesterov", iterations=200, iterations_per_step=30,
+                               dtype=torch.float64, damping=1e-3, max_step=None)
+    env = gym.make(MSD)
+    obs, info = env.reset(seed=0)
+    tracker.reset(obs, info)
+    ys = []
+    for _ in range(60):
+        action = tracker.act(obs)
+        assert action.shape == (1,) and np.all(np.isfinite(action))
+        obs, *_ = env.step(action)
+        ys.append(obs[0])
+    assert abs(ys[-1] - 1.0) < 0.02
+    assert tracker.last_solve_time_s > 0
+
+
+def test_tracker_bad_inputs():
+    data = collect(MSD, 20, 20, seed=0, noise=False)
+    windows = data.windows(10, normalized=True)
+    den = exact_projector_denoiser(windows)
+    prob = TrackingProblem(np.zeros((10, 1)), 8, 1, 1)
+    with pytest.raises(UnknownNameError):
+        DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=2,
+                         solver="newton")
+    with pytest.raises(UnknownNameError):
+        DenoisingTracker(den, data.normalizer, prob, past_length=2, conditioning="hope")
+    with pytest.raises(DimensionError):
+        DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=3)
+    tracker = DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=2,
+                               dtype=torch.float64)
+    with pytest.raises(DimensionError):
+        tracker.plan(np.zeros((3, 1)), np.zeros((2, 1)))
+    with pytest.raises(ValueError):
+        tracker.plan(np.zeros((2, 1)), np.full((2, 1), np.nan))
+    no_cand = DenoisingTracker(den, data.normalizer, prob, past_length=2)
+    with pytest.raises(ConfigurationError):
+        no_cand.plan(np.zeros((2, 1)), np.zeros((2, 1)))
+    with pytest.raises(DimensionError):
+        TrackingProblem(np.zeros((10, 2)), 8, 1, 1)
+    with pytest.raises(ConfigurationError):
+        TrackingProblem(np.zeros((10, 1)), 8, 1, 1, Q=-np.eye(1))
+
+
+def test_replay_flags_drift_when_the_model_is_of_another_system():
+    n = 20
+    x0 = np.zeros(2)
+    data = collect(MSD, 200, n, seed=0, initial_states=x0, noise=False)
+    windows = data.windows(n, normalized=True)
+    ref = np.full((n, 1), 0.8)
+    prob = TrackingProblem(ref, n, 1, 1, dt=0.1, Q=1.0, R=0.001, input_low=-5, input_high=5)
+    tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                               candidates=windows, sigma=1e-3, solver="nesterov",
+                               iterations=300, dtype=torch.float64)
+    plan = tracker.plan()
+    stiffer = make_dynamics(MSD, {"stiffness": 4.0, "damping": 0.1})
+    rep = replay(prob, stiffer, x0, plan.inputs, plan.predicted_outputs)
+    assert rep.drifted and rep.true_cost > 1.5 * rep.predicted_cost
+    honest = replay(prob, make_dynamics(MSD), x0, plan.inputs, plan.predicted_outputs)
+    assert not honest.drifted

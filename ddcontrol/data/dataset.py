@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ddcontrol._io import atomic_write
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import ConfigurationError, DataFormatError, DimensionError, NonFiniteError
 
@@ -189,22 +189,11 @@ class TrajectoryDataset:
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(
                 ".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.metadata, "format_version": FORMAT_VERSION}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, u=self.u, y=self.y, x=self.x, norm_mean=self.normalizer.mean,
-                         norm_std=self.normalizer.std,
-                         metadata=np.array(json.dumps(meta, default=_json_default)))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        arrays = {"u": self.u, "y": self.y, "x": self.x, "norm_mean": self.normalizer.mean,
+                  "norm_std": self.normalizer.std,
+                  "metadata": np.array(json.dumps(meta, default=_json_default))}
+        return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrajectoryDataset:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ddcontrol._io import atomic_write
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import CheckpointError, DDControlError
 from ddcontrol.score.networks import build_network
@@ -130,25 +130,12 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
     An interrupted save leaves the previous checkpoint intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
     for key in ("config", "metadata", "normalizer", "model"):
         if key in payload:
             payload[key] = _plain(payload[key])
     payload["format_version"] = CHECKPOINT_VERSION
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def resolve_checkpoint(path_or_dir: str | os.PathLike) -> Path:

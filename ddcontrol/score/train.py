@@ -281,6 +281,13 @@ def train(config: TrainConfig, dataset: TrajectoryDataset | None = None, *,
         ``resume`` with a checkpoint from other data or a corrupt checkpoint.
     DataFormatError
         ``config.data`` cannot be read.
+
+    Notes
+    -----
+    On CPU a run is deterministic for a seed, and a resumed run is bitwise the uninterrupted one.
+    Resuming keeps the checkpoint's run-defining fields (architecture, σ range, lr...) and takes
+    the runtime ones (``steps``, ``device``, logging) from ``config``; a larger ``steps`` stretches
+    the cosine schedule from the current step on.
     """
     cfg = dataclasses.replace(config)
     if isinstance(cfg.channel_mult, list):

@@ -112,6 +112,10 @@ class ConditionedDRGD(Solver):
         cot[:, 1 + extra + torch.arange(n_pin, device=p.device), idx] = 1.0
         jac = ev.lin.vjp(cot.reshape(ev.lin.output.shape)).reshape(b, -1, d)
         rows = jac[:, 1 + extra:]  # (B, k, d): e_iᵀ v'(y)
+        if n_pin == 0:  # nothing pinned: DRGD with bound masking and a trust region
+            rows = torch.zeros(b, 1, d, dtype=p.dtype, device=p.device)
+            idx = torch.zeros(1, dtype=torch.long, device=p.device)
+            n_pin = 1
         gram_t = rows[:, :, idx].transpose(1, 2)  # E Rᵀ, (B, k, k)
         # Tikhonov-damped least squares (Levenberg-Marquardt): a learned Jacobian is noisy in
         # the directions the pinned coordinates barely move, and an undamped inverse turns that
@@ -135,7 +139,8 @@ class ConditionedDRGD(Solver):
         if extra:
             state["m"] = delta.reshape(p.shape)
         pf = p.reshape(b, d)
-        err = pf[:, idx] - state["target"]
+        err = (pf[:, idx] - state["target"]) if state["target"].numel() else torch.zeros(
+            b, 1, dtype=p.dtype, device=p.device)
         mu = (pinv @ err.unsqueeze(-1)).squeeze(-1)
         correction = (rows.transpose(1, 2) @ mu.unsqueeze(-1)).squeeze(-1)
         move = self.step_size * delta + correction

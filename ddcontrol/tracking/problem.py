@@ -96,6 +96,9 @@ class TrackingProblem:
             self.reference = as_reference(arr, self.output_dim, self.channels, self.dt)
         if isinstance(self.reference, Reference):
             self.channels = self.reference.channels
+            if self.reference.steps < self.horizon:
+                raise DimensionError(f"the reference has {self.reference.steps} samples, fewer "
+                                     f"than the horizon {self.horizon}")
         self.channels = [int(c) for c in (self.channels if self.channels is not None
                                           else range(self.output_dim))]
         self._Q = weight_matrix(self.Q, len(self.channels), "Q")

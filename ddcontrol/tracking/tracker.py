@@ -219,13 +219,16 @@ class DenoisingTracker:
             return spec
         common = {"max_iterations": iterations, "min_gradient_norm": 0.0, "check_every": 50,
                   "record_history": True}
-        if measured is not None and self.conditioning == "pin":
+        if spec != "dlf" and (measured is None or self.conditioning == "pin"):
+            # With nothing measured the pinned set is empty: this is DRGD with active input
+            # bounds masked out of the step and a trust region, which a learned denoiser needs.
             mask = torch.zeros(self.window_length, self.m + self.p, dtype=torch.bool,
                                device=self.device)
             values = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-            known = ~torch.isnan(measured)
-            mask[: measured.shape[0]] = known
-            values[: measured.shape[0]] = torch.nan_to_num(measured)
+            if measured is not None:
+                known = ~torch.isnan(measured)
+                mask[: measured.shape[0]] = known
+                values[: measured.shape[0]] = torch.nan_to_num(measured)
             momentum = 0.0 if spec == "drgd" else 0.9
             return ConditionedDRGD(mask, values, step_size=self.step_size, momentum=momentum,
                                    damping=self.damping, max_step=self.max_step, **common)

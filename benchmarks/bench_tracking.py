@@ -1,0 +1,284 @@
+"""Tracking quality, verified in the true simulator (issue: DenoisingTracker experiments).
+
+Experiments (each trains its model once into ``benchmarks/models/`` and reuses it afterwards):
+
+* ``linear``: mass-spring-damper, all data from one initial state, windows = horizon = 30 steps.
+  Over 32 random references, the finite-horizon replay cost divided by the exact bounded optimum
+  of the true model (``LinearOracle``), and whether the replay beats the best training window.
+  Targets: median ratio ≤ 1.01, worst ≤ 1.05, beats the best window on every reference.
+* ``paper``: the paper's finite-horizon experiments from a fixed initial state: double pendulum
+  (N_h = 100, 3000 DRGD iterations, 'swing' reference) and unicycle (N_h = 100, 2500
+  iterations, figure of eight). Required: the replayed true cost beats the best training window;
+  target manifold deviation ≤ 0.05.
+* ``conditioning``: how to tie a plan to the measured past — pin (ConditionedDRGD), clamp, or
+  penalty — on exact linear geometry: replay cost over the exact optimum.
+* ``closed-loop``: receding horizon, 200 steps, on the three systems, next to the oracle and
+  DeePC: RMS tracking error and per-step solve time (target ≤ the sampling time).
+
+Run: ``python benchmarks/bench_tracking.py --experiment linear|paper|closed-loop
+[--minutes M] [--systems ...]``. Writes ``benchmarks/results/tracking_<experiment>.json`` and PNGs
+next to it, and prints the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_geometry import steps_for_budget  # noqa: E402
+
+from ddcontrol.baselines import LinearOracle  # noqa: E402
+from ddcontrol.data import TrajectoryDataset, collect, make_dynamics  # noqa: E402
+from ddcontrol.evaluate.compare import compare, write_comparison  # noqa: E402
+from ddcontrol.evaluate.controllers import make_controller  # noqa: E402
+from ddcontrol.evaluate.finite_horizon import finite_horizon_experiment  # noqa: E402
+from ddcontrol.evaluate.plots import plot_series, plot_tracking  # noqa: E402
+from ddcontrol.evaluate.replay import replay  # noqa: E402
+from ddcontrol.score import TrainConfig, load_model, train  # noqa: E402
+from ddcontrol.tracking.reference import make_reference  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = Path(__file__).parent / "models"
+
+# name: env, trajectories, length, initial state (None: random), excitation, window, sigma
+SETUPS: dict[str, dict[str, Any]] = {
+    "linear": dict(env="ddcontrol/MassSpringDamper-v0", n=4000, length=30, x0=[0.5, 0.0],
+                   excitation=("gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), window=30),
+    "pendulum-paper": dict(env="ddcontrol/DoublePendulum-v0", n=20000, length=100,
+                           x0=[0.0, 0.0, 0.0, 0.0], excitation=("mixed", {}), window=100),
+    "unicycle-paper": dict(env="ddcontrol/Unicycle-v0", n=20000, length=100,
+                           x0=[0.0, 0.0, 0.0, 0.0, 0.0], excitation=("mixed", {}), window=100),
+    "msd-loop": dict(env="ddcontrol/MassSpringDamper-v0", n=1000, length=100, x0=None,
+                     excitation=("gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), window=30),
+    "pendulum-loop": dict(env="ddcontrol/DoublePendulum-v0", n=5000, length=100, x0=None,
+                          excitation=("mixed", {}), window=40),
+    "unicycle-loop": dict(env="ddcontrol/Unicycle-v0", n=5000, length=100, x0=None,
+                          excitation=("mixed", {}), window=45),
+}
+
+
+def dataset_and_model(name: str, minutes: float, device: str) -> tuple[TrajectoryDataset, Any]:
+    """Generate (once) the dataset and train (once) the model of setup ``name``."""
+    s = SETUPS[name]
+    folder = MODELS / name
+    data_path = folder / "data.npz"
+    if data_path.exists():
+        data = TrajectoryDataset.load(data_path)
+    else:
+        exc, params = s["excitation"]
+        data = collect(s["env"], s["n"], s["length"], excitation=exc, excitation_params=params,
+                       initial_states=None if s["x0"] is None else np.array(s["x0"]), seed=0)
+        data.save(data_path)
+    if (folder / "checkpoint.pt").exists():
+        return data, load_model(folder, device=device, dataset=data)
+    cfg = TrainConfig(out=str(folder), window=s["window"], device=device, overwrite=True,
+                      stride=1 if s["length"] > s["window"] else 1)
+    cfg.steps = steps_for_budget(cfg, data, minutes)
+    print(f"training {name}: {cfg.steps} steps (~{minutes} min)", flush=True)
+    train(cfg, data)
+    return data, load_model(folder, device=device, dataset=data)
+
+
+def linear_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    data, model = dataset_and_model("linear", args.minutes, args.device)
+    env, n_h = SETUPS["linear"]["env"], SETUPS["linear"]["window"]
+    dyn = make_dynamics(env)
+    x0 = np.array(SETUPS["linear"]["x0"])
+    rows = []
+    for seed in range(args.references):
+        ref = make_reference("random", env, n_h, seed=seed)
+        res = finite_horizon_experiment(model, data, ref, horizon=n_h, Q=1.0, R=0.01,
+                                        sigma=args.sigma, solver=args.solver,
+                                        iterations=args.iterations, device=args.device)
+        oracle = LinearOracle(dyn, ref, 1.0, 0.01, horizon=n_h)
+        u_opt, y_opt = oracle.plan(x0, ref.window(0, n_h))
+        from ddcontrol.tracking.problem import TrackingProblem
+
+        opt = float(TrackingProblem.for_env(env, ref, n_h, Q=1.0, R=0.01).cost(u_opt, y_opt))
+        s = res.summary
+        rows.append({"seed": seed, "replay_cost": s["replay_cost"], "optimum": opt,
+                     "ratio": s["replay_cost"] / opt, "best_window": s["best_training_cost"],
+                     "beats_best_window": s["replay_beats_best_window"],
+                     "predicted_cost": s["predicted_cost"],
+                     "manifold_deviation": s["manifold_deviation"],
+                     "solve_time_s": s["solve_time_s"]})
+        print(f"ref {seed:2d}: replay {s['replay_cost']:.4f}  optimum {opt:.4f}  ratio "
+              f"{rows[-1]['ratio']:.4f}  best window {s['best_training_cost']:.4f}", flush=True)
+        if seed == 0:
+            t = np.arange(n_h) * ref.dt
+            plot_tracking(t, ref.values, {"replayed (DRGD)": res.replay.outputs,
+                                          "exact optimum": y_opt,
+                                          "best training window": res.best_window_outputs},
+                          RESULTS / "tracking_linear_ref0.png", ["position"],
+                          title="mass-spring-damper, finite horizon")
+    ratios = np.array([r["ratio"] for r in rows])
+    summary = {"median_ratio": float(np.median(ratios)), "worst_ratio": float(ratios.max()),
+               "beats_best_window_all": bool(all(r["beats_best_window"] for r in rows)),
+               "targets": {"median_ratio": 1.01, "worst_ratio": 1.05}}
+    print(json.dumps(summary, indent=1))
+    return {"summary": summary, "rows": rows}
+
+
+def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, ref_name, iters in (("pendulum-paper", "swing", 3000),
+                                  ("unicycle-paper", "figure-eight", 2500)):
+        if args.systems and name.split("-")[0] not in args.systems:
+            continue
+        data, model = dataset_and_model(name, args.minutes, args.device)
+        env = SETUPS[name]["env"]
+        ref = make_reference(ref_name, env, 100)
+        res = finite_horizon_experiment(model, data, ref, horizon=100, Q=1.0, R=args.R,
+                                        sigma=args.sigma, solver=args.solver,
+                                        iterations=args.iterations or iters,
+                                        device=args.device)
+        s = res.summary
+        out[name] = s
+        print(f"{name}: predicted {s['predicted_cost']:.4g}  replay {s['replay_cost']:.4g}  "
+              f"best window {s['best_training_cost']:.4g}  deviation "
+              f"{s['manifold_deviation']:.3g}  beats best window: "
+              f"{s['replay_beats_best_window']}", flush=True)
+        ch = list(ref.channels)
+        t = np.arange(100) * ref.dt
+        plot_tracking(t, ref.values, {"predicted (model)": res.plan.predicted_outputs[:, ch],
+                                      "replayed (true)": res.replay.outputs[:, ch],
+                                      "best training window": res.best_window_outputs[:, ch]},
+                      RESULTS / f"tracking_{name}.png", title=f"{env}: finite horizon")
+        hist = res.plan.solver_result.history
+        if hist:
+            plot_series({"cost": hist["cost"].min(axis=1)}, RESULTS / f"tracking_{name}_cost.png",
+                        "iteration", "cost", logy=True)
+    return out
+
+
+def closed_loop_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    plans = {"msd-loop": ("random", 5, 0.05, 0.01), "pendulum-loop": ("swing", 10, 0.1, 0.1),
+             "unicycle-loop": ("figure-eight", 5, 0.1, 0.001)}
+    for name, (ref_name, t_ini, sigma, R) in plans.items():
+        if args.systems and name.split("-")[0] not in args.systems:
+            continue
+        data, model = dataset_and_model(name, args.minutes, args.device)
+        env = SETUPS[name]["env"]
+        horizon = model.window_length - t_ini
+        ref = make_reference(ref_name, env, args.steps)
+        opts = {"sigma": sigma, "solver": "nesterov", "iterations_per_step": args.per_step,
+                "device": args.device}
+        factories = {n: partial(make_controller, n, env, ref, 1.0, R, horizon=horizon, data=data,
+                                model=model, t_ini=t_ini,
+                                options=opts if n == "denoising" else None)
+                     for n in ("denoising", "deepc", "oracle")}
+        result = compare(env, factories, ref, Q=1.0, R=R, score_from=t_ini)
+        write_comparison(result, RESULTS / f"closed_loop_{name}")
+        print(f"{name} (dt {ref.dt} s):\n{result.to_markdown()}", flush=True)
+        out[name] = {"dt_s": ref.dt, "table": result.to_dict()["table"]}
+    return out
+
+
+def conditioning_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    """Pin vs clamp vs penalty conditioning, receding-horizon plans from measured pasts.
+
+    Coupled masses with the exact linear-Gaussian projector of its behaviour (so the comparison
+    isolates the conditioning, not model error): 16 (trajectory, time) pairs, each plan's replay
+    cost over the exact bounded optimum from the true state.
+    """
+    import cvxpy as cp
+
+    from ddcontrol.score import LinearGaussianDenoiser
+    from ddcontrol.tracking import DenoisingTracker, TrackingProblem
+
+    env, t_ini, n_h = "ddcontrol/CoupledMasses-v0", 6, 20
+    dyn = make_dynamics(env)
+    data = collect(env, 300, 60, seed=0, noise=False)
+    windows = data.windows(t_ini + n_h, stride=5, normalized=True)
+    fit = LinearGaussianDenoiser.from_samples(torch.as_tensor(windows, dtype=torch.float64))
+    den = LinearGaussianDenoiser(fit.mean.reshape(windows.shape[1:]), fit.vectors,
+                                 torch.full((fit.rank,), 100.0, dtype=torch.float64))
+    episodes = collect(env, 16, 50, seed=7, noise=False)
+    ref = make_reference("random", env, 80, seed=3)
+    problem = TrackingProblem.for_env(env, ref, n_h, Q=1.0, R=0.01)
+    A, B, C = dyn.A, dyn.B, dyn.C
+
+    def optimum(x0: np.ndarray, k: int) -> float:
+        x, u = cp.Constant(x0), cp.Variable((n_h, 2))
+        cost = 0
+        for i in range(n_h):
+            e = C @ x - ref.window(k + i, 1)[0]
+            cost += cp.sum_squares(e) + 0.01 * cp.sum_squares(u[i])
+            x = A @ x + B @ u[i]
+        cp.Problem(cp.Minimize(cost), [u <= 5, u >= -5]).solve()
+        return float(cost.value)
+
+    out: dict[str, Any] = {}
+    for mode, extra in (("pin", {"damping": 1e-3, "max_step": None}), ("clamp", {}),
+                        ("penalty", {"penalty_weight": 1000.0})):
+        tracker = DenoisingTracker(den, data.normalizer, problem, candidates=windows,
+                                   past_length=t_ini, sigma=1e-3, solver="nesterov",
+                                   iterations=600, dtype=torch.float64, conditioning=mode,
+                                   **extra)
+        ratios, devs = [], []
+        for i in range(16):
+            k = 20 + i
+            plan = tracker.plan(episodes.u[i, k - t_ini:k], episodes.y[i, k - t_ini:k],
+                                current_y=episodes.y[i, k], start=k)
+            rep = replay(problem, dyn, episodes.x[i, k], plan.inputs, plan.predicted_outputs,
+                         u_prev=episodes.u[i, k - 1], start=k)
+            ratios.append(rep.true_cost / optimum(episodes.x[i, k], k))
+            devs.append(rep.manifold_deviation)
+        out[mode] = {"median_ratio": float(np.median(ratios)), "worst_ratio": float(np.max(ratios)),
+                     "median_deviation": float(np.median(devs))}
+        print(f"{mode:8s} replay/optimum median {out[mode]['median_ratio']:.4f} worst "
+              f"{out[mode]['worst_ratio']:.4f}  deviation {out[mode]['median_deviation']:.3g}",
+              flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", required=True,
+                        choices=["linear", "paper", "closed-loop", "conditioning"])
+    parser.add_argument("--systems", nargs="*", help="subset: pendulum unicycle msd")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    parser.add_argument("--references", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--solver", default="nesterov")
+    parser.add_argument("--sigma", type=float, default=0.05)
+    parser.add_argument("--R", type=float, default=0.01)
+    parser.add_argument("--steps", type=int, default=200, help="closed-loop steps")
+    parser.add_argument("--per-step", type=int, default=20, help="iterations per closed-loop step")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.experiment == "linear":
+        args.iterations = args.iterations or 1500
+        result = linear_experiment(args)
+    elif args.experiment == "conditioning":
+        result = conditioning_experiment(args)
+    elif args.experiment == "paper":
+        result = paper_experiment(args)
+    else:
+        result = closed_loop_experiment(args)
+    payload = {"experiment": args.experiment, "args": vars(args), "results": result,
+               "wall_time_s": time.perf_counter() - start, "cpu_count": os.cpu_count(),
+               "machine": platform.machine(), "torch_threads": torch.get_num_threads()}
+    path = RESULTS / f"tracking_{args.experiment.replace('-', '_')}.json"
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

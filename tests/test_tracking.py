@@ -163,6 +163,9 @@ def test_tracker_bad_inputs():
         DenoisingTracker(den, data.normalizer, prob, past_length=2, conditioning="hope")
     with pytest.raises(DimensionError):
         DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=3)
+    with pytest.raises(ConfigurationError):
+        DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=2,
+                         solver="dlf")
     tracker = DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=2,
                                dtype=torch.float64)
     with pytest.raises(DimensionError):

@@ -102,12 +102,15 @@ class DenoisingTracker:
         Noise level of the projection, normalised units.
     solver : "drgd" | "nesterov" | "dlf" | Solver
         The optimiser; a name builds it with ``step_scale / L`` as step size (L: the cost
-        gradient's Lipschitz constant in normalised coordinates).
+        gradient's Lipschitz constant in normalised coordinates). "drgd" and "nesterov" (heavy
+        ball, momentum 0.9) run :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`, which
+        also masks active input bounds out of the step and caps each move (``max_step``).
     iterations : int
         Iterations of a cold-start plan.
     iterations_per_step : int
         Iterations of each warm-started receding-horizon plan.
-    conditioning : "clamp" | "penalty"
+    conditioning : "pin" | "clamp" | "penalty"
+        How the plan is tied to the measured past (module docstring); "pin" by default.
     penalty_weight : float
         λ for the penalty conditioning (per normalised unit²).
     num_starts : int
@@ -166,6 +169,9 @@ class DenoisingTracker:
         self._solver_spec = solver
         if isinstance(solver, str) and solver not in SOLVERS:
             raise UnknownNameError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        if solver == "dlf" and self.past_length and conditioning == "pin":
+            raise ConfigurationError("solver='dlf' cannot pin the measured past; use "
+                                     "conditioning='penalty' or 'clamp' with it, or solver='drgd'")
         self.candidates = None
         if candidates is not None:
             cand = as_finite_array(candidates, "candidates", ndim=3)

@@ -1,4 +1,5 @@
-"""Test-suite settings: small CPU workloads run fastest (and predictably) on one thread."""
+"""Test-suite settings: the tests' tensors are tiny, and one thread runs them fastest and immune
+to OpenMP stalls when the machine is busy."""
 
 import torch
 

@@ -11,16 +11,6 @@ from ddcontrol.score import Denoiser, EmpiricalDenoiser, LinearGaussianDenoiser
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster here, and immune to OpenMP stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def brute_force_posterior_mean(data: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor):
     """Σ_i N(x; w_i, σ²I) w_i / Σ_i N(x; w_i, σ²I), in float64, by explicit mixture weights."""
     w = data.reshape(data.shape[0], -1)

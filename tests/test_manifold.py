@@ -12,16 +12,6 @@ from ddcontrol.score import EmpiricalDenoiser, LinearGaussianDenoiser
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster here, and immune to OpenMP stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 class TinyNet(torch.nn.Module):
     """A small smooth network denoiser with trainable parameters (requires_grad=True)."""
 

@@ -14,15 +14,6 @@ from ddcontrol.solvers import DLF, DRGD, AcceleratedDRGD, Problem, SolverResult
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster here, and immune to OpenMP stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 D_AMB, K_SUB, BATCH = 12, 4, 3
 
 

@@ -62,9 +62,11 @@ def test_bring_your_own_system(tmp_path):
     assert (data.x[:, :7] == data.y).all()
 
     r = module.run(quick=True, out=tmp_path)
-    for key in ("predicted_cost", "replay_cost", "zero_input_cost", "output_deviation"):
+    for key in ("predicted_cost", "replay_cost", "zero_input_cost", "output_deviation",
+                "closed_loop_cost", "closed_loop_zero_input_cost", "final_abs_theta_dot"):
         assert math.isfinite(r[key]) and r[key] >= 0, key
-    assert Path(r["plot"]).is_file()
+    assert [Path(p).name for p in r["plots"]] == ["pendulum_plan.png", "pendulum_closed_loop.png"]
+    assert all(Path(p).is_file() for p in r["plots"])
 
 
 def test_bring_your_own_system_replay_is_deterministic():

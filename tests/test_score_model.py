@@ -64,6 +64,18 @@ def test_shapes_for_odd_lengths(arch: str, length: int) -> None:
     assert den(x, torch.tensor(0.2)).shape == x.shape
 
 
+def test_mlp_linear_skip_option() -> None:
+    plain = ResidualMLP(12, 3, width=16, depth=1, emb_dim=8, linear_skip=False)
+    skip = ResidualMLP(12, 3, width=16, depth=1, emb_dim=8)
+    assert plain.skip is None and skip.skip is not None
+    x, c = torch.randn(2, 12, 3), torch.log(torch.tensor([0.01, 1.0])) / 4
+    assert plain(x, c).shape == skip(x, c).shape == x.shape
+    # The skip's gain is 1/σ at initialisation (exp(0 - log σ)).
+    torch.nn.init.eye_(skip.skip.weight)
+    torch.nn.init.zeros_(skip.out.weight)
+    torch.testing.assert_close(skip(x, c), x / torch.tensor([0.01, 1.0]).view(-1, 1, 1))
+
+
 def test_per_sample_sigma_matches_scalar_sigma() -> None:
     den = make("mlp").eval()
     x = torch.randn(3, 12, 3)

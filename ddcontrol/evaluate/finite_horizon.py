@@ -86,6 +86,9 @@ def finite_horizon_experiment(model: Any, data: TrajectoryDataset, reference: Re
         "predicted_cost": plan.predicted_cost,
         "replay_cost": rep.true_cost,
         "best_training_cost": float(costs[best]),
+        # With T_ini > 0 the training windows start from other states than the plan, so the
+        # best of them is a reference figure only, not an alternative plan for this start.
+        "best_training_window_same_start": t_ini == 0,
         "initial_cost": plan.initial_cost,
         "replay_beats_best_window": bool(rep.true_cost < costs[best]),
         "manifold_deviation": rep.manifold_deviation,

@@ -14,7 +14,8 @@ CONTROLLERS = ("denoising", *BASELINES)
 
 
 def make_tracker(model: Any, data: Any, reference: Reference, Q: Any, R: Any, *, horizon: int,
-                 env_id: str, env_kwargs: dict[str, Any] | None = None, candidate_stride: int = 1,
+                 env_id: str, env_kwargs: dict[str, Any] | None = None,
+                 candidate_stride: int | None = None,
                  **options: Any) -> DenoisingTracker:
     """A receding-horizon DenoisingTracker for ``reference``: T_ini = model window − horizon."""
     if model is None or data is None:

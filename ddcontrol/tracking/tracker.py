@@ -192,9 +192,12 @@ class DenoisingTracker:
 
     @classmethod
     def from_model(cls, model: Any, problem: TrackingProblem, dataset: Any = None,
-                   candidate_stride: int = 1, **kwargs: Any) -> DenoisingTracker:
+                   candidate_stride: int | None = None, **kwargs: Any) -> DenoisingTracker:
         """Build from a trained model (``.denoiser``, ``.normalizer``, ``.window_length``) and,
-        for cold starts, the dataset it was trained on."""
+        for cold starts, the dataset it was trained on (its windows every ``candidate_stride``
+        steps are the candidates; default a quarter window, which bounds their memory)."""
+        if candidate_stride is None:
+            candidate_stride = max(1, model.window_length // 4)
         past = model.window_length - problem.horizon
         if past < 0:
             raise DimensionError(f"the model's windows ({model.window_length} steps) are shorter "

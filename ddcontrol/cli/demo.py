@@ -62,6 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, training and episodes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (training and the tracker)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: these small models run fastest on one "
+                        "thread, and never stall when the machine is busy)")
     p.add_argument("--quick", action="store_true", help="a tiny budget (seconds; for tests)")
     p.set_defaults(func=run)
 
@@ -72,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
     from ddcontrol.score import TrainConfig, train
 
     start = time.perf_counter()
+    torch.set_num_threads(max(1, args.threads))
     preset = PRESETS[args.env]
     if args.quick:
         preset = replace(preset, trajectories=120, trajectory_length=50, train_steps=150,
                          closed_loop_steps=30, horizon=10, t_ini=preset.t_ini)
-        torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -235,3 +235,12 @@ def test_problem_and_model_mismatches_raise():
     ref = make_reference("step", MIMO, 30)
     with pytest.raises(CheckpointError):
         make_tracker(model, other, ref, 1.0, 0.01, horizon=8, env_id=MIMO)
+
+
+def test_problem_for_dataset_takes_bounds_from_metadata():
+    from ddcontrol.tracking.reference import make_reference
+
+    data = collect(MIMO, 5, 20, seed=0)
+    prob = TrackingProblem.for_dataset(data, make_reference("sine", MIMO, 20), 10)
+    np.testing.assert_array_equal(prob.input_high, [5.0, 5.0])
+    assert (prob.input_dim, prob.output_dim) == (2, 2)

@@ -112,6 +112,15 @@ class TrackingProblem:
                 setattr(self, name, arr)
 
     @classmethod
+    def for_dataset(cls, data: Any, reference: Reference, horizon: int, *, Q: Any = 1.0,
+                    R: Any = 0.01) -> TrackingProblem:
+        """The problem for the system a dataset came from (input bounds from its metadata);
+        works for data collected from any environment, without a ddcontrol simulator."""
+        meta = data.metadata
+        return cls(reference, horizon, data.input_dim, Q=Q, R=R,
+                   input_low=meta.get("input_low"), input_high=meta.get("input_high"))
+
+    @classmethod
     def for_env(cls, env_id: str, reference: Reference, horizon: int, *, Q: Any = 1.0,
                 R: Any = 0.01, env_kwargs: dict[str, Any] | None = None) -> TrackingProblem:
         """The problem for a registered environment: its input count and actuator limits."""

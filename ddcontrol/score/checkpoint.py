@@ -53,8 +53,11 @@ def build_denoiser(spec: dict[str, Any]) -> BehaviorDenoiser:
     ``net_kwargs`` (forwarded to :func:`~ddcontrol.score.networks.build_network`).
     """
     channels = int(spec["input_dim"]) + int(spec["output_dim"])
-    net = build_network(spec["arch"], int(spec["window_length"]), channels,
-                        **dict(spec.get("net_kwargs", {})))
+    net_kwargs = dict(spec.get("net_kwargs", {}))
+    if spec["arch"] == "mlp":
+        # Checkpoints written before the MLP had its linear branch have no such entry.
+        net_kwargs.setdefault("linear_skip", False)
+    net = build_network(spec["arch"], int(spec["window_length"]), channels, **net_kwargs)
     return BehaviorDenoiser(net, int(spec["window_length"]), channels, float(spec["sigma_data"]))
 
 

@@ -74,10 +74,20 @@ class ResidualMLP(nn.Module):
         Number of residual blocks (default 4).
     emb_dim : int
         Size of the noise embedding.
+    linear_skip : bool
+        Add a linear map of the window with gain (1/σ)·exp(g(σ)), g learned and zero at init.
+
+    Notes
+    -----
+    Why the linear skip: at small σ the ideal F is about −P⊥(x − π(x))/σ, of rank d − k (the
+    normal dimension, e.g. 495 for 100-step unicycle windows), while the MLP's output layer
+    has rank at most ``width``. A linear map with a 1/σ gain represents the best affine
+    approximation of that (for a linear system, exactly: the gain on normal directions in
+    c_in-scaled coordinates is σ_d/σ at every σ), and the MLP only learns the corrections.
     """
 
     def __init__(self, window_length: int, channels: int, width: int = 256, depth: int = 4,
-                 emb_dim: int = 128) -> None:
+                 emb_dim: int = 128, linear_skip: bool = True) -> None:
         super().__init__()
         self.window_length = check_positive_int(window_length, "window_length")
         self.channels = check_positive_int(channels, "channels")
@@ -90,14 +100,27 @@ class ResidualMLP(nn.Module):
         self.out = nn.Linear(width, d)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.skip: nn.Linear | None = None
+        if linear_skip:
+            self.skip = nn.Linear(d, d)
+            self.skip_gain = nn.Linear(emb_dim, 1)
+            for layer in (self.skip, self.skip_gain):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
         """x (B, L, C), c_noise (B,) -> (B, L, C)."""
         emb = self.embed(c_noise)
-        h = self.inp(x.reshape(x.shape[0], -1))
+        flat = x.reshape(x.shape[0], -1)
+        h = self.inp(flat)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(F.silu(h)).reshape(x.shape)
+        out = self.out(F.silu(h))
+        if self.skip is not None:
+            # exp(-4 c_noise) = 1/σ: the gain the normal components need, learned around it.
+            gain = torch.exp(self.skip_gain(emb) - 4.0 * c_noise[:, None])
+            out = out + gain * self.skip(flat)
+        return out.reshape(x.shape)
 
 
 def _groups(channels: int) -> int:
@@ -209,14 +232,15 @@ ARCHITECTURES = ("mlp", "unet")
 
 
 def build_network(arch: str, window_length: int, channels: int, *, width: int = 256,
-                  depth: int = 4, base_channels: int = 32,
+                  depth: int = 4, linear_skip: bool = True, base_channels: int = 32,
                   channel_mult: tuple[int, ...] = (1, 2, 4), emb_dim: int = 128) -> nn.Module:
     """The inner network called ``arch`` (``"mlp"`` or ``"unet"``) for (L, C) windows.
 
-    ``width``/``depth`` configure the MLP, ``base_channels``/``channel_mult`` the U-Net.
+    ``width``/``depth``/``linear_skip`` configure the MLP, ``base_channels``/``channel_mult``
+    the U-Net.
     """
     if arch == "mlp":
-        return ResidualMLP(window_length, channels, width, depth, emb_dim)
+        return ResidualMLP(window_length, channels, width, depth, emb_dim, linear_skip)
     if arch == "unet":
         return TemporalUNet(window_length, channels, base_channels, tuple(channel_mult), emb_dim)
     raise UnknownNameError(f"unknown architecture {arch!r}; choose one of {list(ARCHITECTURES)}")

@@ -3,7 +3,9 @@
 Karras et al. 2022, "Elucidating the design space of diffusion-based generative models", Table 1:
 c_skip = σ_d²/(σ²+σ_d²), c_out = σσ_d/√(σ²+σ_d²), c_in = 1/√(σ²+σ_d²), c_noise = log(σ)/4, and the
 loss weight λ(σ) = (σ²+σ_d²)/(σσ_d)², so that λ c_out² = 1 and the inner network F regresses a
-unit-variance target at every σ. As σ → 0, c_skip → 1 and c_out → 0, so D(x, σ) → x.
+unit-variance target at every σ. As σ → 0, c_skip → 1 and c_out → 0, so D(x, σ) → x for any
+bounded F; the MLP's 1/σ-gain linear branch (see :class:`~ddcontrol.score.networks.ResidualMLP`)
+is not bounded on purpose, and makes D tend to its learned affine projection instead.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class TrainConfig:
     sigma_data: float | None = _opt(1.0, "σ_d of the EDM preconditioning (None: measured)")
     width: int = _opt(256, "mlp: hidden width")
     depth: int = _opt(4, "mlp: residual blocks")
+    linear_skip: bool = _opt(True, "mlp: add a linear map of the window with a learned ~1/σ gain")
     base_channels: int = _opt(32, "unet: channels at full resolution (64 on a GPU)")
     channel_mult: tuple[int, ...] = _opt((1, 2, 4), "unet: channel multiplier per level")
     emb_dim: int = _opt(128, "size of the noise-level embedding")
@@ -222,7 +223,8 @@ def _merge_resumed(cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
 
 def _model_spec(cfg: TrainConfig, dataset: TrajectoryDataset, sigma_data: float) -> dict:
     if cfg.arch == "mlp":
-        net_kwargs = {"width": cfg.width, "depth": cfg.depth, "emb_dim": cfg.emb_dim}
+        net_kwargs = {"width": cfg.width, "depth": cfg.depth, "emb_dim": cfg.emb_dim,
+                      "linear_skip": cfg.linear_skip}
     else:
         net_kwargs = {"base_channels": cfg.base_channels,
                       "channel_mult": list(cfg.channel_mult), "emb_dim": cfg.emb_dim}

@@ -99,7 +99,8 @@ def linear_experiment(args: argparse.Namespace) -> dict[str, Any]:
     for seed in range(args.references):
         ref = make_reference("random", env, n_h, seed=seed)
         res = finite_horizon_experiment(model, data, ref, horizon=n_h, Q=1.0, R=0.01,
-                                        sigma=args.sigma, solver=args.solver,
+                                        sigma=args.sigma or 0.05,
+                                        solver=args.solver or "nesterov",
                                         iterations=args.iterations, device=args.device)
         oracle = LinearOracle(dyn, ref, 1.0, 0.01, horizon=n_h)
         u_opt, y_opt = oracle.plan(x0, ref.window(0, n_h))
@@ -132,15 +133,18 @@ def linear_experiment(args: argparse.Namespace) -> dict[str, Any]:
 
 def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, ref_name, iters in (("pendulum-paper", "swing", 3000),
-                                  ("unicycle-paper", "figure-eight", 2500)):
+    # σ per system (normalised units): the pendulum model's plans drift at σ = 0.05 and stay on
+    # what it knows at 0.3 (sweep in the issue notes); --sigma overrides.
+    for name, ref_name, iters, sigma in (("pendulum-paper", "swing", 3000, 0.3),
+                                         ("unicycle-paper", "figure-eight", 2500, 0.1)):
         if args.systems and name.split("-")[0] not in args.systems:
             continue
         data, model = dataset_and_model(name, args.minutes, args.device)
         env = SETUPS[name]["env"]
         ref = make_reference(ref_name, env, 100)
         res = finite_horizon_experiment(model, data, ref, horizon=100, Q=1.0, R=args.R,
-                                        sigma=args.sigma, solver=args.solver,
+                                        sigma=args.sigma or sigma,
+                                        solver=args.solver or "drgd",
                                         iterations=args.iterations or iters,
                                         device=args.device)
         s = res.summary
@@ -252,8 +256,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     parser.add_argument("--references", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--solver", default="nesterov")
-    parser.add_argument("--sigma", type=float, default=0.05)
+    parser.add_argument("--solver", default=None,
+                        help="drgd | nesterov (default: nesterov linear, drgd for the paper)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="projection σ (default: 0.05 linear, per system for the paper)")
     parser.add_argument("--R", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=200, help="closed-loop steps")
     parser.add_argument("--per-step", type=int, default=20, help="iterations per closed-loop step")
@@ -276,6 +282,10 @@ def main() -> None:
                "wall_time_s": time.perf_counter() - start, "cpu_count": os.cpu_count(),
                "machine": platform.machine(), "torch_threads": torch.get_num_threads()}
     path = RESULTS / f"tracking_{args.experiment.replace('-', '_')}.json"
+    if args.systems and path.exists():
+        # A run on some systems updates their entries and keeps the others'.
+        previous = json.loads(path.read_text()).get("results", {})
+        payload["results"] = {**previous, **result}
     path.write_text(json.dumps(payload, indent=1, default=str))
     print(f"wrote {path}")
 

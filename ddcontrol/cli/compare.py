@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from ddcontrol.cli._args import json_object
 from ddcontrol.data import TrajectoryDataset
 from ddcontrol.evaluate.compare import compare, write_comparison
 from ddcontrol.evaluate.controllers import CONTROLLERS, make_controller
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dataset=data) if args.model else None
     names = [n.strip() for n in args.controllers.split(",") if n.strip()]
     ref = make_reference(args.reference, args.env, args.steps,
-                         **json.loads(args.reference_params))
+                         **json_object(args.reference_params, "--reference-params", "compare"))
     t_ini = model.window_length - args.horizon if model is not None else 4
     warmup = t_ini if args.warmup is None else args.warmup
     tracker_opts = {"sigma": args.sigma, "iterations_per_step": args.iterations_per_step}

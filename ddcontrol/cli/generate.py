@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
+from ddcontrol.cli._args import json_object
 from ddcontrol.data import EXCITATIONS, collect
 
 
@@ -32,21 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _json_arg(text: str, flag: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"ddcontrol generate: {flag} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise SystemExit(f"ddcontrol generate: {flag} must be a JSON object")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     data = collect(args.env, args.trajectories, args.horizon, excitation=args.excitation,
-                   excitation_params=_json_arg(args.excitation_params, "--excitation-params"),
-                   seed=args.seed, env_kwargs=_json_arg(args.env_kwargs, "--env-kwargs"),
+                   excitation_params=json_object(args.excitation_params, "--excitation-params", "generate"),
+                   seed=args.seed, env_kwargs=json_object(args.env_kwargs, "--env-kwargs", "generate"),
                    noise=not args.no_noise, progress=not args.quiet)
     path = data.save(args.out)
     print(f"wrote {path}: {data.num_trajectories} trajectories x {data.horizon} steps, "

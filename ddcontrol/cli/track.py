@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddcontrol.cli._args import json_object
 from ddcontrol.data import TrajectoryDataset
 from ddcontrol.evaluate.compare import compare, write_comparison
 from ddcontrol.evaluate.controllers import make_tracker
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     horizon = args.horizon or model.window_length
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    params = json.loads(args.reference_params)
+    params = json_object(args.reference_params, "--reference-params", "track")
     options = {"sigma": args.sigma, "solver": args.solver, "iterations": args.iterations,
                "num_starts": args.starts, "device": args.device}
     if args.closed_loop:

@@ -102,19 +102,29 @@ def test_conditioned_plan_reaches_bounded_optimum_from_measured_past():
     np.testing.assert_allclose(past[:, 2:], episode.y[0, k - t_ini:k], atol=1e-6)
 
 
-def test_conditioned_solver_keeps_pinned_coordinates_on_a_subspace():
+@pytest.mark.parametrize("jacobian_every, momentum", [(1, 0.0), (7, 0.0), (7, 0.5)])
+def test_conditioned_solver_keeps_pinned_coordinates_on_a_subspace(jacobian_every, momentum):
+    # On a linear manifold the pinned rows are constant: reusing them (jacobian_every > 1)
+    # must reach the same KKT point.
     torch.manual_seed(0)
     basis = torch.linalg.qr(torch.randn(10, 6, dtype=torch.float64))[0]
     den = LinearGaussianDenoiser(torch.zeros(10, dtype=torch.float64), basis,
                                  torch.full((6,), 100.0, dtype=torch.float64))
-    manifold = BehaviorManifold(den, 1e-4)
+    batches: list[int] = []
+
+    def counting(x, sigma):
+        batches.append(x.shape[0])
+        return den(x, sigma)
+
+    manifold = BehaviorManifold(counting, 1e-4)
     target = torch.randn(10, dtype=torch.float64)
     mask = torch.zeros(10, dtype=torch.bool)
     mask[:3] = True
     values = basis @ torch.randn(6, dtype=torch.float64)  # reachable pinned values
     problem = Problem(manifold, lambda x: ((x - target) ** 2).sum(dim=1))
     solver = ConditionedDRGD(mask, values, step_size=0.5, max_iterations=200, damping=1e-6,
-                             min_gradient_norm=0.0)
+                             min_gradient_norm=0.0, jacobian_every=jacobian_every,
+                             momentum=momentum)
     res = solver.run(problem, initial_point=torch.randn(2, 10, dtype=torch.float64))
     x = res.point
     np.testing.assert_allclose(x[:, :3].numpy(), values[:3].expand(2, 3).numpy(), atol=1e-8)
@@ -124,6 +134,11 @@ def test_conditioned_solver_keeps_pinned_coordinates_on_a_subspace():
     slice_basis = basis @ null
     grad = 2 * (x - target)
     assert torch.abs(grad @ slice_basis).max() < 1e-6
+    # Rows are recomputed (3 extra copies of each of the 2 points) every jacobian_every-th
+    # iteration only.
+    copies = 2 if momentum else 1
+    expected = [2 * (copies + (3 if k % jacobian_every == 0 else 0)) for k in range(201)]
+    assert batches == expected
 
 
 def test_closed_loop_tracks_a_constant_reference_in_a_gym_loop():

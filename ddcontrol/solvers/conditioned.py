@@ -12,6 +12,10 @@ makes the problem stiff; here the slice M ∩ {x_I = c_I} is treated as the mani
 
 All VJPs of one iteration come from one backward pass over a batch of ``k + 1`` copies of the
 point (k pinned coordinates), so an iteration costs one forward and one backward at ``B (k + 1)``.
+With ``jacobian_every = J > 1`` the k pinned rows (and the small k × k solve) are refreshed every
+J iterations only and reused in between (a chord method): the other iterations cost one forward
+and one backward at ``B`` (or ``2B`` with momentum). Warm-started receding-horizon solves, whose
+point moves little between iterations, use this to stay within a sampling period.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddcontrol._validation import check_positive_float
+from ddcontrol._validation import check_positive_float, check_positive_int
 from ddcontrol.errors import DimensionError, NonFiniteError
 from ddcontrol.manifold import Linearization
 from ddcontrol.solvers.base import Evaluation, Solver, _Context
@@ -50,6 +54,9 @@ class ConditionedDRGD(Solver):
         trained one wants ~0.05-0.2.
     max_step : float, optional
         Trust radius: the norm of one iteration's move (units of x) is capped at this.
+    jacobian_every : int
+        Recompute the pinned coordinates' Jacobian rows every this many iterations (1: every
+        iteration, exact); in between the last ones are reused.
     **criteria
         Stopping criteria of :class:`~ddcontrol.solvers.base.Solver`.
     """
@@ -58,7 +65,7 @@ class ConditionedDRGD(Solver):
 
     def __init__(self, mask: Tensor, values: Tensor, step_size: float = 0.1, *,
                  momentum: float = 0.0, damping: float = 1e-3, max_step: float | None = None,
-                 **criteria: Any) -> None:
+                 jacobian_every: int = 1, **criteria: Any) -> None:
         super().__init__(**criteria)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             raise TypeError("mask must be a boolean torch.Tensor of the event shape")
@@ -74,6 +81,8 @@ class ConditionedDRGD(Solver):
             raise DimensionError(f"momentum must be in [0, 1), got {momentum}")
         self.damping = check_positive_float(damping, "damping")
         self.max_step = None if max_step is None else check_positive_float(max_step, "max_step")
+        self.jacobian_every = check_positive_int(jacobian_every, "jacobian_every")
+        self._refresh = True
 
     def _start(self, ctx: _Context, x0: Tensor) -> dict[str, Any]:
         if x0.shape[1:] != self.mask.shape:
@@ -81,14 +90,15 @@ class ConditionedDRGD(Solver):
                                  f"{tuple(self.mask.shape)}")
         values = self.values.to(device=x0.device, dtype=x0.dtype)
         target = values.reshape(-1, self.mask.numel())[:, self.index.to(x0.device)]
+        self._refresh = True  # the first evaluation of a run always computes the rows
         return {"y": x0, "m": torch.zeros_like(x0), "target": target,
-                "index": self.index.to(x0.device)}
+                "index": self.index.to(x0.device), "rows": None, "pinv": None}
 
     def _evaluate(self, ctx: _Context, y: Tensor, sigma: float, check: bool = False
                   ) -> Evaluation:
         # One forward over k + 1 (or k + 2 with momentum) copies: the VJP cotangents are ∇f (and
         # the momentum) and one unit vector per pinned coordinate.
-        copies = self.index.numel() + (2 if self.momentum else 1)
+        copies = (self.index.numel() if self._refresh else 0) + (2 if self.momentum else 1)
         with torch.enable_grad():
             yr = y.detach().repeat_interleave(copies, dim=0).requires_grad_(True)
             out = ctx.problem.manifold.denoiser(yr, sigma)
@@ -105,24 +115,29 @@ class ConditionedDRGD(Solver):
         p, b, idx = ev.point, ev.point.shape[0], state["index"]
         n_pin, d = idx.numel(), p[0].numel()
         extra = 1 if self.momentum else 0
-        cot = torch.zeros(b, n_pin + 1 + extra, d, dtype=p.dtype, device=p.device)
+        fresh = self._refresh
+        n_rows = n_pin if fresh else 0
+        cot = torch.zeros(b, n_rows + 1 + extra, d, dtype=p.dtype, device=p.device)
         cot[:, 0] = ev.egrad.reshape(b, d)
         if extra:
             cot[:, 1] = state["m"].reshape(b, d)
-        cot[:, 1 + extra + torch.arange(n_pin, device=p.device), idx] = 1.0
+        cot[:, 1 + extra + torch.arange(n_rows, device=p.device), idx[:n_rows]] = 1.0
         jac = ev.lin.vjp(cot.reshape(ev.lin.output.shape)).reshape(b, -1, d)
-        rows = jac[:, 1 + extra:]  # (B, k, d): e_iᵀ v'(y)
-        if n_pin == 0:  # nothing pinned: DRGD with bound masking and a trust region
-            rows = torch.zeros(b, 1, d, dtype=p.dtype, device=p.device)
-            idx = torch.zeros(1, dtype=torch.long, device=p.device)
-            n_pin = 1
-        gram_t = rows[:, :, idx].transpose(1, 2)  # E Rᵀ, (B, k, k)
-        # Tikhonov-damped least squares (Levenberg-Marquardt): a learned Jacobian is noisy in
-        # the directions the pinned coordinates barely move, and an undamped inverse turns that
-        # noise into huge corrections.
-        eye = torch.eye(n_pin, dtype=p.dtype, device=p.device)
-        gt = gram_t.transpose(1, 2)
-        pinv = torch.linalg.solve(gt @ gram_t + self.damping ** 2 * eye, gt)
+        self._refresh = (k + 1) % self.jacobian_every == 0
+        if fresh:
+            rows = jac[:, 1 + extra:]  # (B, k, d): e_iᵀ v'(y)
+            if n_pin == 0:  # nothing pinned: DRGD with bound masking and a trust region
+                rows = torch.zeros(b, 1, d, dtype=p.dtype, device=p.device)
+                idx = torch.zeros(1, dtype=torch.long, device=p.device)
+            gram_t = rows[:, :, idx].transpose(1, 2)  # E Rᵀ, (B, k, k)
+            # Tikhonov-damped least squares (Levenberg-Marquardt): a learned Jacobian is noisy
+            # in the directions the pinned coordinates barely move, and an undamped inverse
+            # turns that noise into huge corrections.
+            eye = torch.eye(idx.numel(), dtype=p.dtype, device=p.device)
+            gt = gram_t.transpose(1, 2)
+            pinv = torch.linalg.solve(gt @ gram_t + self.damping ** 2 * eye, gt)
+            state["rows"], state["pinv"], state["row_index"] = rows, pinv, idx
+        rows, pinv, idx = state["rows"], state["pinv"], state["row_index"]
 
         def constrained(t: Tensor) -> Tensor:
             lam = (pinv @ t[:, idx].unsqueeze(-1)).squeeze(-1)

@@ -147,7 +147,8 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
         sweep = []
         for sigma in sigmas:
             res = finite_horizon_experiment(model, data, ref, horizon=100, Q=1.0, R=args.R,
-                                            sigma=sigma, solver=args.solver or "drgd",
+                                            sigma=sigma, sigma_start=args.sigma_start,
+                                            solver=args.solver or "drgd",
                                             iterations=args.iterations or iters,
                                             device=args.device)
             s = res.summary
@@ -187,7 +188,7 @@ def closed_loop_experiment(args: argparse.Namespace) -> dict[str, Any]:
         horizon = model.window_length - t_ini
         ref = make_reference(ref_name, env, args.steps)
         opts = {"sigma": sigma, "solver": "nesterov", "iterations_per_step": args.per_step,
-                "device": args.device}
+                "jacobian_every": args.jacobian_every, "device": args.device}
         factories = {n: partial(make_controller, n, env, ref, 1.0, R, horizon=horizon, data=data,
                                 model=model, t_ini=t_ini,
                                 options=opts if n == "denoising" else None)
@@ -271,9 +272,14 @@ def main() -> None:
                         help="projection σ (default: 0.05 linear, per system for the paper)")
     parser.add_argument("--sigmas", type=float, nargs="*",
                         help="paper: run each σ and report all (the first is the headline)")
+    parser.add_argument("--sigma-start", type=float, default=None,
+                        help="paper: anneal σ from this over the first half of the solve")
     parser.add_argument("--R", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=200, help="closed-loop steps")
     parser.add_argument("--per-step", type=int, default=20, help="iterations per closed-loop step")
+    parser.add_argument("--jacobian-every", type=int, default=5,
+                        help="closed loop: refresh the pinned Jacobian rows every this many "
+                             "iterations")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

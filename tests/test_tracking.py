@@ -53,7 +53,8 @@ def bounded_optimum(dyn, x0, ref, R, low, high, horizon):
     return float(obj.value)
 
 
-def test_finite_horizon_reaches_true_optimum_and_beats_training_windows():
+@pytest.mark.parametrize("sigma_start", [None, 0.1])
+def test_finite_horizon_reaches_true_optimum_and_beats_training_windows(sigma_start):
     n = 30
     x0 = np.array([0.5, 0.0])
     data = collect(MSD, 300, n, seed=0, initial_states=x0, noise=False)
@@ -62,8 +63,12 @@ def test_finite_horizon_reaches_true_optimum_and_beats_training_windows():
     prob = TrackingProblem(ref, n, 1, 1, dt=0.1, Q=1.0, R=0.01)
     tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
                                candidates=windows, sigma=1e-3, solver="nesterov",
-                               iterations=1500, dtype=torch.float64)
+                               iterations=1500, dtype=torch.float64, sigma_start=sigma_start)
     plan = tracker.plan()
+    sigmas = plan.solver_result.history["sigma"]
+    assert sigmas[-1] == pytest.approx(1e-3)
+    # Annealed solves start at sigma_start and reach sigma halfway.
+    assert sigmas[0] == pytest.approx(sigma_start or 1e-3) and sigmas[750] == pytest.approx(1e-3)
     rep = replay(prob, make_dynamics(MSD), x0, plan.inputs, plan.predicted_outputs)
     c, T = lti_prediction(make_dynamics(MSD), x0, n)
     u_opt = np.linalg.solve(T.T @ T + 0.01 * np.eye(n), T.T @ (ref[:, 0] - c))
@@ -164,6 +169,27 @@ def test_closed_loop_tracks_a_constant_reference_in_a_gym_loop():
     # Q e² + R u² with e = r − u gives e = r R / (Q + R) ≈ 1e-3; allow 5x for the finite horizon.
     assert abs(ys[-1] - 1.0) < 5 * 1.0 * 0.001 / (1.0 + 0.001)
     assert tracker.last_solve_time_s > 0
+
+
+def test_step_time_budget_stops_receding_horizon_solves():
+    t_ini, n_h = 3, 10
+    data = collect(MSD, 50, 40, seed=1, noise=False)
+    windows = data.windows(t_ini + n_h, stride=3, normalized=True)
+    prob = TrackingProblem(np.ones((40, 1)), n_h, 1, 1, dt=0.1, Q=1.0, R=0.001)
+    tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                               candidates=windows, past_length=t_ini, sigma=1e-3,
+                               iterations=500, iterations_per_step=500, dtype=torch.float64,
+                               step_time_budget=1e-9)
+    obs = np.zeros(1)
+    for _ in range(t_ini + 3):
+        action = tracker.act(obs)
+        assert np.all(np.isfinite(action))
+    # Every solve, the cold start included, stopped on time after its first iteration.
+    result = tracker.last_plan.solver_result
+    assert result.stop_reason == "max_time" and result.iterations <= 1
+    with pytest.raises(ConfigurationError):
+        DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                         candidates=windows, past_length=t_ini, step_time_budget=0.0)
 
 
 def test_tracker_bad_inputs():

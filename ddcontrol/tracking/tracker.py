@@ -25,6 +25,7 @@ it is the only one that reaches the true optimum on linear systems.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -100,6 +101,10 @@ class DenoisingTracker:
         ``T_ini + N_h``.
     sigma : float
         Noise level of the projection, normalised units.
+    sigma_start : float, optional
+        σ annealing of a cold-start solve: σ decreases geometrically from ``sigma_start`` to
+        ``sigma`` over its first half (a large σ first moves the plan through the data's
+        bulk, the small one then makes it precise). Warm receding-horizon steps use ``sigma``.
     solver : "drgd" | "nesterov" | "dlf" | Solver
         The optimiser; a name builds it with ``step_scale / L`` as step size (L: the cost
         gradient's Lipschitz constant in normalised coordinates). "drgd" and "nesterov" (heavy
@@ -125,6 +130,11 @@ class DenoisingTracker:
         coordinates every this many iterations and reuse them in between (1: every iteration).
         Those rows cost one VJP per pinned coordinate; reusing them makes an iteration about as
         cheap as plain DRGD's (see ``benchmarks/bench_tracking.py --experiment closed-loop``).
+    step_time_budget : float, optional
+        Seconds a receding-horizon solve (:meth:`act`) may take: the solver stops at the first
+        iteration past it, and the next step continues from that plan (real-time iteration).
+        The cold start of an episode is the one solve that needs it (it runs ``iterations``).
+        None: iteration-limited only.
     refine_iterations : int
         Gauss-Newton iterations that, after a cold-start plan, pin the measured past and the
         final (clipped) inputs and pull the window onto the manifold, so that the predicted
@@ -143,11 +153,13 @@ class DenoisingTracker:
 
     def __init__(self, denoiser: Any, normalizer: Normalizer, problem: TrackingProblem, *,
                  candidates: np.ndarray | None = None, past_length: int = 0, sigma: float = 0.05,
+                 sigma_start: float | None = None,
                  solver: str | Solver = "drgd", step_scale: float = 1.0, iterations: int = 500,
                  iterations_per_step: int = 20, conditioning: str = "pin",
                  penalty_weight: float = 100.0, num_starts: int = 1,
                  warmup_input: np.ndarray | None = None, refine_iterations: int = 8,
                  refine_sigma: float | None = None, jacobian_every: int = 1,
+                 step_time_budget: float | None = None,
                  damping: float = 0.05, max_step: float | None = 0.5,
                  device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
@@ -162,6 +174,8 @@ class DenoisingTracker:
         self.past_length = check_positive_int(past_length, "past_length", allow_zero=True)
         self.window_length = self.past_length + problem.horizon
         self.sigma = check_positive_float(sigma, "sigma")
+        self.sigma_start = (None if sigma_start is None
+                            else check_positive_float(sigma_start, "sigma_start"))
         self.iterations = check_positive_int(iterations, "iterations")
         self.iterations_per_step = check_positive_int(iterations_per_step, "iterations_per_step")
         self.num_starts = check_positive_int(num_starts, "num_starts")
@@ -172,6 +186,8 @@ class DenoisingTracker:
                              else check_positive_float(refine_sigma, "refine_sigma"))
         self.damping = check_positive_float(damping, "damping")
         self.jacobian_every = check_positive_int(jacobian_every, "jacobian_every")
+        self.step_time_budget = (None if step_time_budget is None
+                                 else check_positive_float(step_time_budget, "step_time_budget"))
         self.max_step = None if max_step is None else check_positive_float(max_step, "max_step")
         self.conditioning = conditioning
         self.device, self.dtype = torch.device(device), dtype
@@ -236,14 +252,18 @@ class DenoisingTracker:
             lip = max(lip, 2.0 * self.penalty_weight)
         return self.step_scale / max(lip, 1e-12)
 
-    def _make_solver(self, iterations: int, measured: Tensor | None, warm: bool = False
-                     ) -> Solver:
+    def _make_solver(self, iterations: int, measured: Tensor | None, warm: bool = False,
+                     max_time: float | None = None) -> Solver:
         spec = self._solver_spec
         if not isinstance(spec, str):
             spec.max_iterations = iterations
+            spec.max_time = math.inf if max_time is None else max_time
             return spec
         common = {"max_iterations": iterations, "min_gradient_norm": 0.0, "check_every": 50,
-                  "record_history": True}
+                  "record_history": True,
+                  "max_time": math.inf if max_time is None else max_time}
+        if self.sigma_start is not None and not warm:
+            common.update(sigma_start=self.sigma_start, anneal_iterations=iterations // 2)
         if spec != "dlf" and (measured is None or self.conditioning == "pin"):
             # With nothing measured the pinned set is empty: this is DRGD with active input
             # bounds masked out of the step and a trust region, which a learned denoiser needs.
@@ -364,7 +384,8 @@ class DenoisingTracker:
     def plan(self, past_u: np.ndarray | None = None, past_y: np.ndarray | None = None, *,
              current_y: np.ndarray | None = None, start: int = 0,
              initial_point: np.ndarray | Tensor | None = None,
-             iterations: int | None = None, refine: bool = True) -> PlanResult:
+             iterations: int | None = None, refine: bool = True,
+             max_time: float | None = None) -> PlanResult:
         """Solve the tracking problem over the horizon starting at reference step ``start``.
 
         Parameters
@@ -375,6 +396,12 @@ class DenoisingTracker:
             The output measured now (the first future output), pinned like the past.
         initial_point : (L, C) or (B, L, C) normalised windows, optional
             Warm start; default: the best candidate window(s).
+        iterations : int, optional
+            Solver iterations (default ``iterations``).
+        refine : bool
+            Run the refinement (``refine_iterations``) after the solve.
+        max_time : float, optional
+            Stop the solver after this many seconds (checked every iteration).
         """
         measured = self._normalised_past(past_u, past_y, current_y)
         self.cost.set_start(start)
@@ -390,7 +417,7 @@ class DenoisingTracker:
         lo, hi = self._bounds(measured)
         problem = Problem(self.manifold, f, g, lower=lo, upper=hi)
         solver = self._make_solver(iterations or self.iterations, measured,
-                                   warm=initial_point is not None)
+                                   warm=initial_point is not None, max_time=max_time)
         start_t = time.perf_counter()
         result = solver.run(problem, initial_point=x0)
         with torch.no_grad():
@@ -444,14 +471,18 @@ class DenoisingTracker:
             return self.warmup_input.copy()
         past_u = np.array(self._u_hist[k - t:k]).reshape(t, self.m)
         past_y = np.array(self._y_hist[k - t:k]).reshape(t, self.p)
+        # Only the first input is applied: the refinement (which makes the predicted outputs
+        # exact for the reported plan) is not worth its time here.
         if self._warm is None:
-            plan = self.plan(past_u, past_y, current_y=y, start=k)
+            plan = self.plan(past_u, past_y, current_y=y, start=k, refine=False,
+                             max_time=self.step_time_budget)
         else:
             # Shift the previous plan by one step; its last row repeats (a neutral guess).
             prev = self._warm
             shifted = torch.cat([prev[1:], prev[-1:]], dim=0)
             plan = self.plan(past_u, past_y, current_y=y, start=k, initial_point=shifted,
-                             iterations=self.iterations_per_step, refine=False)
+                             iterations=self.iterations_per_step, refine=False,
+                             max_time=self.step_time_budget)
         self._warm = torch.as_tensor(plan.window, dtype=self.dtype, device=self.device)
         self.last_plan = plan
         self.last_solve_time_s = plan.solve_time_s

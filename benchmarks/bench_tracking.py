@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_geometry import steps_for_budget  # noqa: E402
 
-from ddcontrol.baselines import LinearOracle  # noqa: E402
+from ddcontrol.baselines import LinearOracle, ShootingOracle  # noqa: E402
 from ddcontrol.data import TrajectoryDataset, collect, make_dynamics  # noqa: E402
 from ddcontrol.evaluate.compare import compare, write_comparison  # noqa: E402
 from ddcontrol.evaluate.controllers import make_controller  # noqa: E402
@@ -46,12 +46,13 @@ from ddcontrol.evaluate.finite_horizon import finite_horizon_experiment  # noqa:
 from ddcontrol.evaluate.plots import plot_series, plot_tracking  # noqa: E402
 from ddcontrol.evaluate.replay import replay  # noqa: E402
 from ddcontrol.score import TrainConfig, load_model, train  # noqa: E402
+from ddcontrol.tracking.problem import TrackingProblem  # noqa: E402
 from ddcontrol.tracking.reference import make_reference  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # Projection σ of the paper experiment per system (normalised units); chosen with --sigmas (the
 # sweep is in results/tracking_paper.json).
-PAPER_SIGMA = {"pendulum-paper": 0.3, "unicycle-paper": 0.1}
+PAPER_SIGMA = {"pendulum-paper": 0.1, "unicycle-paper": 0.1}
 MODELS = Path(__file__).parent / "models"
 
 # name: env, trajectories, length, initial state (None: random), excitation, window, sigma
@@ -62,6 +63,14 @@ SETUPS: dict[str, dict[str, Any]] = {
                            x0=[0.0, 0.0, 0.0, 0.0], excitation=("mixed", {}), window=100),
     "unicycle-paper": dict(env="ddcontrol/Unicycle-v0", n=20000, length=100,
                            x0=[0.0, 0.0, 0.0, 0.0, 0.0], excitation=("mixed", {}), window=100),
+    "unicycle-paper-g2": dict(env="ddcontrol/Unicycle-v0", n=20000, length=100,
+                              x0=[0.0, 0.0, 0.0, 0.0, 0.0],
+                              excitation=("gaussian", {"bandwidth": 0.2, "amplitude": 0.6}),
+                              window=100),
+    "unicycle-paper-g1": dict(env="ddcontrol/Unicycle-v0", n=20000, length=100,
+                              x0=[0.0, 0.0, 0.0, 0.0, 0.0],
+                              excitation=("gaussian", {"bandwidth": 0.1, "amplitude": 0.6}),
+                              window=100),
     "msd-loop": dict(env="ddcontrol/MassSpringDamper-v0", n=1000, length=100, x0=None,
                      excitation=("gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), window=30),
     "pendulum-loop": dict(env="ddcontrol/DoublePendulum-v0", n=5000, length=100, x0=None,
@@ -86,7 +95,7 @@ def dataset_and_model(name: str, minutes: float, device: str) -> tuple[Trajector
     if (folder / "checkpoint.pt").exists():
         return data, load_model(folder, device=device, dataset=data)
     cfg = TrainConfig(out=str(folder), window=s["window"], device=device, overwrite=True,
-                      stride=1 if s["length"] > s["window"] else 1)
+                      **s.get("train", {}))
     cfg.steps = steps_for_budget(cfg, data, minutes)
     print(f"training {name}: {cfg.steps} steps (~{minutes} min)", flush=True)
     train(cfg, data)
@@ -107,8 +116,6 @@ def linear_experiment(args: argparse.Namespace) -> dict[str, Any]:
                                         iterations=args.iterations, device=args.device)
         oracle = LinearOracle(dyn, ref, 1.0, 0.01, horizon=n_h)
         u_opt, y_opt = oracle.plan(x0, ref.window(0, n_h))
-        from ddcontrol.tracking.problem import TrackingProblem
-
         opt = float(TrackingProblem.for_env(env, ref, n_h, Q=1.0, R=0.01).cost(u_opt, y_opt))
         s = res.summary
         rows.append({"seed": seed, "replay_cost": s["replay_cost"], "optimum": opt,
@@ -160,14 +167,27 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
             if len(sweep) == 1:  # the headline: the first σ (the per-system default)
                 headline = res
         s = headline.summary
+        # The model-based optimum from the same initial state (Gauss-Newton shooting through the
+        # true dynamics), for scale.
+        dyn = make_dynamics(env)
+        oracle = ShootingOracle(dyn, ref, 1.0, args.R, horizon=100, max_iterations=200)
+        u_opt, y_opt = oracle.plan(data.x[0, 0], ref.window(0, 100))
+        problem = TrackingProblem.for_env(env, ref, 100, Q=1.0, R=args.R)
+        optimum = float(problem.cost(u_opt, y_opt))
+        for row in sweep:
+            row["oracle_optimum"] = optimum
+            row["replay_over_optimum"] = row["replay_cost"] / optimum
+        print(f"{name}: model-based optimum {optimum:.4g}; headline replay / optimum "
+              f"{s['replay_over_optimum']:.3f}", flush=True)
         out[name] = {**s, "sweep": sweep} if len(sweep) > 1 else s
         ch = list(ref.channels)
         t = np.arange(100) * ref.dt
         plot_tracking(t, ref.values,
                       {"predicted (model)": headline.plan.predicted_outputs[:, ch],
                        "replayed (true)": headline.replay.outputs[:, ch],
-                       "best training window": headline.best_window_outputs[:, ch]},
-                      RESULTS / f"tracking_{name}.png",
+                       "best training window": headline.best_window_outputs[:, ch],
+                       "model-based optimum": y_opt[:, ch]},
+                      RESULTS / f"tracking_{name}.png", [dyn.output_names[c] for c in ch],
                       title=f"{env}: finite horizon, σ = {s['sigma']:g}")
         hist = headline.plan.solver_result.history
         if hist:
@@ -188,7 +208,8 @@ def closed_loop_experiment(args: argparse.Namespace) -> dict[str, Any]:
         horizon = model.window_length - t_ini
         ref = make_reference(ref_name, env, args.steps)
         opts = {"sigma": sigma, "solver": "nesterov", "iterations_per_step": args.per_step,
-                "jacobian_every": args.jacobian_every, "device": args.device}
+                "jacobian_every": args.jacobian_every, "device": args.device,
+                "step_time_budget": None if args.time_budget is None else args.time_budget * ref.dt}
         factories = {n: partial(make_controller, n, env, ref, 1.0, R, horizon=horizon, data=data,
                                 model=model, t_ini=t_ini,
                                 options=opts if n == "denoising" else None)
@@ -277,9 +298,12 @@ def main() -> None:
     parser.add_argument("--R", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=200, help="closed-loop steps")
     parser.add_argument("--per-step", type=int, default=20, help="iterations per closed-loop step")
-    parser.add_argument("--jacobian-every", type=int, default=5,
+    parser.add_argument("--jacobian-every", type=int, default=1,
                         help="closed loop: refresh the pinned Jacobian rows every this many "
                              "iterations")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="FRACTION",
+                        help="closed loop: stop each step's solve after this fraction of the "
+                             "sampling time (the cold start included)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

@@ -38,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="closed loop: iterations per receding-horizon step")
     p.add_argument("--solver", default="nesterov", choices=SOLVERS)
     p.add_argument("--sigma", type=float, default=0.05, help="σ of the projection (normalised)")
+    p.add_argument("--sigma-start", type=float, default=None,
+                   help="anneal σ from this to --sigma over the first half of a plan")
+    p.add_argument("--jacobian-every", type=int, default=1,
+                   help="closed loop: refresh the pinned Jacobian rows every this many iterations")
+    p.add_argument("--step-time-budget", type=float, default=None, metavar="SECONDS",
+                   help="closed loop: stop each step's solve after this many seconds")
     p.add_argument("--starts", type=int, default=1, help="multi-start from the k best windows")
     p.add_argument("--Q", type=float, default=1.0, help="output weight")
     p.add_argument("--R", type=float, default=0.01, help="input weight")
@@ -64,14 +70,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     params = json_object(args.reference_params, "--reference-params", "track")
-    options = {"sigma": args.sigma, "solver": args.solver, "iterations": args.iterations,
-               "num_starts": args.starts, "device": args.device}
+    options = {"sigma": args.sigma, "sigma_start": args.sigma_start, "solver": args.solver,
+               "iterations": args.iterations, "num_starts": args.starts, "device": args.device}
     if args.closed_loop:
         t_ini = model.window_length - horizon
         ref = make_reference(args.reference, env_id, args.closed_loop, **params)
         result = compare(env_id, {"denoising": lambda: make_tracker(
             model, data, ref, args.Q, args.R, horizon=horizon, env_id=env_id,
-            iterations_per_step=args.iterations_per_step, **options)}, ref, Q=args.Q, R=args.R,
+            iterations_per_step=args.iterations_per_step, jacobian_every=args.jacobian_every,
+            step_time_budget=args.step_time_budget, **options)}, ref, Q=args.Q, R=args.R,
             seeds=[args.seed], score_from=t_ini)
         ep = result.episodes["denoising"][0]
         write_comparison(result, out)

@@ -15,8 +15,17 @@ Experiments (each trains its model once into ``benchmarks/models/`` and reuses i
 * ``closed-loop``: receding horizon, 200 steps, on the three systems, next to the oracle and
   DeePC: RMS tracking error and per-step solve time (target ≤ the sampling time).
 
-Run: ``python benchmarks/bench_tracking.py --experiment linear|paper|closed-loop
-[--minutes M] [--systems ...]``. Writes ``benchmarks/results/tracking_<experiment>.json`` and PNGs
+Run (the recorded results)::
+
+    python benchmarks/bench_tracking.py --experiment linear
+    python benchmarks/bench_tracking.py --experiment paper --threads 1 --minutes 18 \
+        --sigmas 0.05 0.1 0.2 0.3
+    python benchmarks/bench_tracking.py --experiment closed-loop --threads 1 --per-step 20 \
+        --time-budget 0.9
+    python benchmarks/bench_tracking.py --experiment conditioning
+
+Models are trained once into ``benchmarks/models/<setup>/`` (``--minutes`` per model) and reused;
+delete a folder to retrain. Writes ``benchmarks/results/tracking_<experiment>.json`` and PNGs
 next to it, and prints the figures.
 """
 
@@ -200,7 +209,7 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
 def closed_loop_experiment(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     plans = {"msd-loop": ("random", 5, 0.05, 0.01), "pendulum-loop": ("swing", 10, 0.1, 0.1),
-             "unicycle-loop": ("figure-eight", 5, 0.1, 0.001)}
+             "unicycle-loop": ("figure-eight", 5, 0.05, 0.001)}
     for name, (ref_name, t_ini, sigma, R) in plans.items():
         if args.systems and name.split("-")[0] not in args.systems:
             continue

@@ -181,6 +181,9 @@ def test_step_time_budget_stops_receding_horizon_solves():
                                iterations=500, iterations_per_step=500, dtype=torch.float64,
                                step_time_budget=1e-9)
     obs = np.zeros(1)
+    # The first reset with an observation runs a throw-away solve and leaves no state behind.
+    tracker.reset(obs)
+    assert tracker._warmed_up and tracker.last_plan is None and tracker.step_index == 0
     for _ in range(t_ini + 3):
         action = tracker.act(obs)
         assert np.all(np.isfinite(action))

@@ -105,9 +105,12 @@ def test_track_cli_finite_horizon_and_closed_loop(tiny_model, tmp_path):
     out = tmp_path / "cl"
     assert main(["track", "--model", str(model_dir), "--reference", "step", "--horizon", "10",
                  "--closed-loop", "12", "--iterations", "10", "--iterations-per-step", "3",
-                 "--out", str(out)]) == 0
+                 "--step-time-budget", "5", "--threads", "1", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert len(res["per_step"]["solve_time_s"]) == 12 and not res["failed"]
+    with pytest.raises(SystemExit, match="--threads"):
+        main(["track", "--model", str(model_dir), "--reference", "step", "--threads", "0",
+              "--out", str(out)])
 
 
 def test_compare_cli_with_the_tracker(tiny_model, tmp_path):

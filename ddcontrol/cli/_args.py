@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 
@@ -14,3 +15,19 @@ def json_object(text: str, flag: str, command: str) -> dict:
     if not isinstance(value, dict):
         raise SystemExit(f"ddcontrol {command}: {flag} must be a JSON object")
     return value
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (default 1), applied with :func:`set_threads`."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: these small models run fastest on "
+                             "one thread, and never stall when the machine is busy)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads``; a count below 1 exits with a clear message."""
+    import torch
+
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ddcontrol.cli._args import json_object
+from ddcontrol.cli._args import add_threads_argument, json_object, set_threads
 from ddcontrol.data import TrajectoryDataset
 from ddcontrol.evaluate.compare import compare, write_comparison
 from ddcontrol.evaluate.controllers import CONTROLLERS, make_controller
@@ -40,12 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations-per-step", type=int, default=20,
                    help="tracker solver iterations per step (default 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the tracker's model)")
+    add_threads_argument(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args)
     from ddcontrol.score import load_model
 
     data = TrajectoryDataset.load(args.data)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ddcontrol.cli._args import add_threads_argument, set_threads
 from ddcontrol.data import collect
 from ddcontrol.evaluate.compare import compare, write_comparison
 from ddcontrol.evaluate.controllers import make_controller
@@ -62,9 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, training and episodes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (training and the tracker)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: these small models run fastest on one "
-                        "thread, and never stall when the machine is busy)")
+    add_threads_argument(p)
     p.add_argument("--quick", action="store_true", help="a tiny budget (seconds; for tests)")
     p.set_defaults(func=run)
 
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ddcontrol.score import TrainConfig, train
 
     start = time.perf_counter()
-    torch.set_num_threads(max(1, args.threads))
+    set_threads(args)
     preset = PRESETS[args.env]
     if args.quick:
         preset = replace(preset, trajectories=120, trajectory_length=50, train_steps=150,

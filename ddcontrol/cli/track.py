@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddcontrol.cli._args import json_object
+from ddcontrol.cli._args import add_threads_argument, json_object, set_threads
 from ddcontrol.data import TrajectoryDataset
 from ddcontrol.evaluate.compare import compare, write_comparison
 from ddcontrol.evaluate.controllers import make_tracker
@@ -52,11 +52,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--closed-loop", type=int, metavar="STEPS", help="run STEPS closed-loop steps")
     p.add_argument("--seed", type=int, default=0, help="closed loop: environment seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_threads_argument(p)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args)
     from ddcontrol.score import load_model
 
     model = load_model(args.model, device=args.device)

@@ -139,10 +139,10 @@ class DenoisingTracker:
         The cold start of an episode is the one solve that needs it (it runs ``iterations``).
         None: iteration-limited only.
     refine_iterations : int
-        Gauss-Newton iterations that, after a cold-start plan, pin the measured past and the
-        final (clipped) inputs and pull the window onto the manifold, so that the predicted
-        outputs are the model's response to exactly the inputs that will be applied (0: off).
-        Receding-horizon steps skip it (only their first input is applied).
+        Gauss-Newton iterations that, after :meth:`plan`, pin the measured past and the final
+        (clipped) inputs and pull the window onto the manifold, so that the predicted outputs
+        are the model's response to exactly the inputs that will be applied (0: off).
+        Receding-horizon steps (:meth:`act`) skip it: only their first input is applied.
     refine_sigma : float, optional
         σ at which the refinement ends (normalised units); it anneals geometrically from
         ``sigma`` over the first half of the refinement. Default: ``min(sigma, 0.02)``. The

@@ -14,7 +14,7 @@ from ddcontrol.errors import ConfigurationError, DimensionError, UnknownNameErro
 from ddcontrol.evaluate.replay import replay
 from ddcontrol.manifold import BehaviorManifold
 from ddcontrol.score import LinearGaussianDenoiser
-from ddcontrol.solvers import Problem
+from ddcontrol.solvers import DRGD, Problem
 from ddcontrol.solvers.conditioned import ConditionedDRGD
 from ddcontrol.tracking import DenoisingTracker, TrackingProblem
 
@@ -193,6 +193,13 @@ def test_step_time_budget_stops_receding_horizon_solves():
     with pytest.raises(ConfigurationError):
         DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
                          candidates=windows, past_length=t_ini, step_time_budget=0.0)
+    # A solver passed in keeps its own time limit when a call gives no budget.
+    own = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                           candidates=windows, past_length=t_ini, dtype=torch.float64,
+                           solver=DRGD(step_size=0.1, max_time=1e-9))
+    plan = own.plan(data.u[0, :t_ini], data.y[0, :t_ini], current_y=data.y[0, t_ini],
+                    start=t_ini, iterations=500)
+    assert plan.solver_result.stop_reason == "max_time"
 
 
 def test_tracker_bad_inputs():

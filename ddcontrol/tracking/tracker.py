@@ -202,6 +202,8 @@ class DenoisingTracker:
         self.step_scale = check_positive_float(step_scale, "step_scale")
         self.solver_name = solver if isinstance(solver, str) else solver.name
         self._solver_spec = solver
+        # A solver passed in keeps its own time limit; a per-call budget can only shorten it.
+        self._solver_max_time = math.inf if isinstance(solver, str) else solver.max_time
         if isinstance(solver, str) and solver not in SOLVERS:
             raise UnknownNameError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
         if solver == "dlf" and self.past_length and conditioning == "pin":
@@ -274,7 +276,7 @@ class DenoisingTracker:
         spec = self._solver_spec
         if not isinstance(spec, str):
             spec.max_iterations = iterations
-            spec.max_time = math.inf if max_time is None else max_time
+            spec.max_time = min(self._solver_max_time, math.inf if max_time is None else max_time)
             return spec
         common = {"max_iterations": iterations, "min_gradient_norm": 0.0, "check_every": 50,
                   "record_history": True,

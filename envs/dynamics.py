@@ -67,6 +67,15 @@ class Dynamics:
         """Draw ``n`` initial states (n, n_x) from the default starting distribution."""
         raise NotImplementedError
 
+    def symmetry_spec(self) -> dict[str, Any] | None:
+        """The symmetry of the dynamics, as plain data by output name, or None (none declared).
+
+        ``{"kind": "planar", "x": NAME, "y": NAME, "heading": NAME}``: the dynamics commute with
+        moves and turns of the plane (the position rotates and shifts, the heading shifts by the
+        same angle, every other signal is unchanged). ``ddcontrol.symmetry`` implements it.
+        """
+        return None
+
     def saturate(self, u: np.ndarray) -> np.ndarray:
         """Clip inputs (..., m) to the actuator limits."""
         return np.clip(u, self.input_low, self.input_high)
@@ -209,6 +218,11 @@ class UnicycleDynamics(Dynamics):
 
     def output(self, x: Any, u_prev: Any | None = None) -> Any:
         return x[..., self._output_idx]
+
+    def symmetry_spec(self) -> dict[str, Any] | None:
+        """Moves and turns of the plane: ẋ, ẏ rotate with the heading, nothing depends on (x, y, θ)
+        except through them."""
+        return {"kind": "planar", "x": "x", "y": "y", "heading": "theta"}
 
     def sample_initial_states(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Position uniform in ±1 m, any heading, turn rate in ±1 rad/s, speed in [0, 5] m/s."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ddcontrol._io import atomic_write
@@ -35,6 +36,7 @@ from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import CheckpointError, DDControlError
 from ddcontrol.score.networks import build_network
 from ddcontrol.score.precond import BehaviorDenoiser
+from ddcontrol.symmetry import WindowSymmetry, symmetry_from_spec
 
 __all__ = ["CHECKPOINT_VERSION", "CHECKPOINT_NAME", "TrainedModel", "build_denoiser",
            "save_checkpoint", "read_checkpoint", "resolve_checkpoint", "model_from_payload",
@@ -102,6 +104,18 @@ class TrainedModel:
     def sigma_data(self) -> float:
         """σ_d of the preconditioning (normalised units)."""
         return self.denoiser.sigma_data
+
+    @property
+    def symmetry(self) -> WindowSymmetry:
+        """The group action whose canonical frame the model's windows are in (identity for
+        models without one, and for checkpoints written before symmetries existed)."""
+        return symmetry_from_spec(self.metadata.get("window_symmetry"))
+
+    def model_windows(self, dataset: Any, stride: int = 1) -> np.ndarray:
+        """A dataset's windows as the model sees them: canonical frame, normalised units,
+        shape (N * S, L, C)."""
+        return self.normalizer.normalize(self.symmetry.windows(dataset, self.window_length,
+                                                               stride))
 
     def check_dataset(self, dataset: Any) -> None:
         """Raise ``CheckpointError`` unless ``dataset`` has this model's channels and system.

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ddcontrol._validation import check_positive_float, check_positive_int
 from ddcontrol.data.dataset import TrajectoryDataset
+from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import CheckpointError, ConfigurationError, UnknownNameError
 from ddcontrol.score.checkpoint import (
     CHECKPOINT_NAME,
@@ -38,6 +39,7 @@ from ddcontrol.score.checkpoint import (
 )
 from ddcontrol.score.networks import ARCHITECTURES
 from ddcontrol.score.precond import BehaviorDenoiser
+from ddcontrol.symmetry import WindowSymmetry, symmetry_for
 
 __all__ = ["TrainConfig", "train", "lr_factor", "validation_bands"]
 
@@ -95,6 +97,9 @@ class TrainConfig:
     checkpoint_every: int = _opt(1000, "save a checkpoint every this many steps (0: only at the "
                                  "end)")
     log_every: int = _opt(100, "write a log line every this many steps")
+    symmetry: str = _opt("auto", "learn windows in the canonical frame of the system's symmetry: "
+                         "auto (what the data's system declares), none or planar",
+                         ("auto", "none", "planar"))
     seed: int = _opt(0, "seed of initialisation, split, batches and noise")
     device: str = _opt("cpu", "cpu or cuda (or cuda:N)")
     num_threads: int | None = _opt(None, "torch CPU threads (None: torch's default)")
@@ -234,11 +239,11 @@ def _model_spec(cfg: TrainConfig, dataset: TrajectoryDataset, sigma_data: float)
             "output_dim": dataset.output_dim, "sigma_data": sigma_data, "net_kwargs": net_kwargs}
 
 
-def _held_out(val: TrajectoryDataset | None, cfg: TrainConfig, device: torch.device
-              ) -> Tensor | None:
+def _held_out(val: TrajectoryDataset | None, cfg: TrainConfig, device: torch.device,
+              symmetry: WindowSymmetry, normalizer: Normalizer) -> Tensor | None:
     if val is None or val.horizon < cfg.window:
         return None
-    w = val.windows(cfg.window, cfg.stride, normalized=True)
+    w = normalizer.normalize(symmetry.windows(val, cfg.window, cfg.stride))
     if w.shape[0] > cfg.val_windows:  # evenly spread, deterministic subsample
         w = w[np.linspace(0, w.shape[0] - 1, cfg.val_windows).astype(int)]
     return torch.as_tensor(w, dtype=torch.float32, device=device)
@@ -411,9 +416,15 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
         train_ds, val_ds = dataset.split(1.0 - cfg.val_fraction, seed=cfg.seed)
     else:
         train_ds, val_ds = dataset, None
-    windows = torch.as_tensor(train_ds.windows(cfg.window, cfg.stride, normalized=True),
+    # The model learns canonical windows (the identity for systems without a symmetry), with
+    # statistics of the canonical windows of the whole dataset.
+    symmetry = symmetry_for(dataset.metadata, dataset.input_dim, cfg.symmetry)
+    normalizer = (dataset.normalizer if symmetry.is_identity else symmetry.fit_normalizer(
+        symmetry.windows(dataset, cfg.window, cfg.stride), dataset.input_dim))
+    windows = torch.as_tensor(normalizer.normalize(symmetry.windows(train_ds, cfg.window,
+                                                                    cfg.stride)),
                               dtype=torch.float32, device=device)
-    val_windows = _held_out(val_ds, cfg, device)
+    val_windows = _held_out(val_ds, cfg, device, symmetry, normalizer)
     if saved is not None:
         sigma_data = float(saved["model"]["sigma_data"])
     else:
@@ -422,7 +433,7 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
     if saved is not None:
         run.restore(saved, str(ckpt_path))
     metadata = {**dataset.metadata, "fingerprint": dataset.fingerprint(),
-                "num_trajectories": dataset.num_trajectories}
+                "num_trajectories": dataset.num_trajectories, "window_symmetry": symmetry.to_spec()}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if saved is None and ckpt_path is not None and ckpt_path.exists():
@@ -430,7 +441,7 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
     log = _Logger(out)
 
     def payload() -> dict[str, Any]:
-        return {**run.state(), "normalizer": dataset.normalizer.to_dict(),
+        return {**run.state(), "normalizer": normalizer.to_dict(),
                 "metadata": {**metadata, "val": run.val}}
 
     def checkpoint() -> None:

@@ -229,3 +229,63 @@ class WindowCost:
         hu = torch.linalg.eigvalsh(2.0 * self.R * torch.outer(s_u, s_u)).max()
         hy = torch.linalg.eigvalsh(2.0 * self.Q * torch.outer(s_y, s_y)).max()
         return float(torch.maximum(hu, hy))
+
+
+class FramedWindowCost:
+    """The tracking cost of windows held in a symmetry's canonical frame.
+
+    A model with a symmetry (:mod:`ddcontrol.symmetry`) works on canonical windows ``x̃``
+    (normalised); the reference and ``Q`` stay in world units. For the frame ``g`` fixed by the
+    measured past, the cost is ``f(N(g · N⁻¹(x̃)))`` with ``N`` the normalisation: an affine map
+    of ``x̃`` followed by the quadratic :class:`WindowCost`, so its gradient is one cheap
+    vector-Jacobian product of that map (no network pass).
+    """
+
+    def __init__(self, cost: WindowCost, symmetry: Any, normalizer: Normalizer) -> None:
+        self.cost, self.symmetry, self.normalizer = cost, symmetry, normalizer
+        self.past_length, self.m = cost.past_length, cost.m
+        self.set_frame(None)
+
+    @property
+    def start(self) -> int:
+        return self.cost.start
+
+    def set_start(self, start: int) -> None:
+        self.cost.set_start(start)
+
+    def set_frame(self, g: Any) -> None:
+        """The world frame of the windows: group element (k,) or (B, k); None → identity."""
+        mean = self.cost.mean
+        if g is None:
+            g = self.symmetry.identity_element()
+        self.g = torch.as_tensor(np.asarray(g, dtype=float), dtype=mean.dtype,
+                                 device=mean.device)
+        self._lip_factor: float | None = None
+
+    def to_world(self, x: Tensor) -> Tensor:
+        """Normalised canonical windows (B, L, C) → normalised world windows."""
+        n = self.normalizer
+        return n.normalize(self.symmetry.act(self.g, n.denormalize(x)))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.cost(self.to_world(x))
+
+    def egrad(self, x: Tensor) -> Tensor:
+        """Euclidean gradient w.r.t. the canonical normalised window (detached)."""
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            w = self.to_world(xx)
+            (grad,) = torch.autograd.grad(w, xx, self.cost.egrad(w))
+        return grad
+
+    def lipschitz(self) -> float:
+        """The world cost's constant times ‖A‖², A the linear part of the frame map (one sample)."""
+        if self._lip_factor is None:
+            z = torch.zeros(1, 1, self.normalizer.channels, dtype=self.cost.mean.dtype,
+                            device=self.cost.mean.device)
+            g0 = self.g if self.g.ndim == 1 else self.g[0]
+            saved, self.g = self.g, g0
+            jac = torch.autograd.functional.jacobian(lambda v: self.to_world(v).reshape(-1), z)
+            self.g = saved
+            self._lip_factor = float(torch.linalg.matrix_norm(jac.reshape(z.numel(), -1), 2)) ** 2
+        return self.cost.lipschitz() * self._lip_factor

@@ -41,7 +41,8 @@ from ddcontrol.errors import ConfigurationError, DimensionError, UnknownNameErro
 from ddcontrol.manifold import BehaviorManifold
 from ddcontrol.solvers import DLF, DRGD, AcceleratedDRGD, Problem, Solver, SolverResult
 from ddcontrol.solvers.conditioned import ConditionedDRGD
-from ddcontrol.tracking.problem import TrackingProblem, WindowCost
+from ddcontrol.symmetry import Identity, WindowSymmetry
+from ddcontrol.tracking.problem import FramedWindowCost, TrackingProblem, WindowCost
 
 SOLVERS = ("drgd", "nesterov", "dlf")
 CONDITIONINGS = ("pin", "clamp", "penalty")
@@ -62,7 +63,8 @@ class PlanResult:
     initial_cost : float
         Cost of the initial point (the best training window for a cold start).
     window : ndarray (L, m + p)
-        The optimised window in normalised units (past block included).
+        The optimised window in the model's normalised units and frame (past block included):
+        with a symmetry, the canonical frame; ``frame`` maps it to the world.
     iterations : int
     solve_time_s : float
         Wall time of :meth:`DenoisingTracker.plan` (cold-start search, solve, refinement).
@@ -70,6 +72,9 @@ class PlanResult:
         ‖v(x) − x‖ of the final window in normalised units: large values mean the point is not
         where the denoiser thinks the manifold is.
     solver_result : SolverResult
+    frame : ndarray (k,)
+        The symmetry's group element of the plan (the world frame of ``window``; empty
+        without a symmetry).
     """
 
     inputs: np.ndarray
@@ -81,6 +86,7 @@ class PlanResult:
     solve_time_s: float
     manifold_distance: float
     solver_result: SolverResult = field(repr=False)
+    frame: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class DenoisingTracker:
@@ -153,6 +159,12 @@ class DenoisingTracker:
     warmup_input : ndarray (m,), optional
         Input applied while fewer than T_ini samples have been measured (default: zero, clipped
         into the bounds).
+    symmetry : WindowSymmetry, optional
+        The group action whose canonical frame the denoiser's windows are in (a trained model's
+        ``model.symmetry``; default the identity). Each plan reads its frame ``g`` off the first
+        measured sample, optimises canonical windows and evaluates the cost on ``g · window``,
+        so the reference, Q and the outputs of a plan stay in world units. The action must
+        leave the inputs unchanged (their bounds are applied in the model's frame).
     """
 
     def __init__(self, denoiser: Any, normalizer: Normalizer, problem: TrackingProblem, *,
@@ -165,6 +177,7 @@ class DenoisingTracker:
                  refine_sigma: float | None = None, jacobian_every: int = 1,
                  step_time_budget: float | None = None,
                  damping: float = 0.05, max_step: float | None = 0.5,
+                 symmetry: WindowSymmetry | None = None,
                  device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         if not callable(denoiser):
@@ -197,7 +210,18 @@ class DenoisingTracker:
         self.device, self.dtype = torch.device(device), dtype
         m, p = problem.input_dim, problem.output_dim
         self.m, self.p = m, p
+        self.symmetry = Identity() if symmetry is None else symmetry
+        if not isinstance(self.symmetry, WindowSymmetry):
+            raise TypeError(f"symmetry must be a WindowSymmetry, got {type(symmetry).__name__}")
+        moved = [c for c in getattr(self.symmetry, "channels", []) if not m <= c < m + p]
+        if moved:
+            raise ConfigurationError(f"the symmetry acts on window channels {moved}, which are "
+                                     f"not outputs (channels {m}..{m + p - 1}); inputs must be "
+                                     "invariant")
         self.cost = problem.window_cost(normalizer, self.past_length, 0, dtype, self.device)
+        if not self.symmetry.is_identity:
+            self.cost = FramedWindowCost(self.cost, self.symmetry, normalizer)
+        self._frame = self.symmetry.identity_element()
         self.manifold = BehaviorManifold(denoiser, self.sigma)
         self.step_scale = check_positive_float(step_scale, "step_scale")
         self.solver_name = solver if isinstance(solver, str) else solver.name
@@ -254,11 +278,11 @@ class DenoisingTracker:
                                  f"than the horizon {problem.horizon}")
         cand = None
         if dataset is not None:
-            cand = model.normalizer.normalize(dataset.windows(model.window_length,
-                                                              candidate_stride))
+            cand = model.model_windows(dataset, candidate_stride)
         device = next(iter(model.denoiser.parameters())).device if hasattr(
             model.denoiser, "parameters") else "cpu"
         kwargs.setdefault("device", device)
+        kwargs.setdefault("symmetry", getattr(model, "symmetry", None))
         return cls(model.denoiser, model.normalizer, problem, candidates=cand, past_length=past,
                    **kwargs)
 
@@ -319,6 +343,12 @@ class DenoisingTracker:
             block[:t, : self.m], block[:t, self.m:] = pu, py
         if current_y is not None:
             block[t, self.m:] = as_finite_array(current_y, "current_y", ndim=1)
+        if not self.symmetry.is_identity:
+            # The first measured sample fixes the frame; unmeasured channels stay NaN.
+            g = self.symmetry.frame_of_sample(block[0])
+            if np.all(np.isfinite(g)):
+                self._frame = g
+            block = self.symmetry.inverse_act(self._frame, block)
         mean, std = self.normalizer.mean, self.normalizer.std
         return torch.as_tensor((block - mean) / std, dtype=self.dtype, device=self.device)
 
@@ -404,7 +434,7 @@ class DenoisingTracker:
              current_y: np.ndarray | None = None, start: int = 0,
              initial_point: np.ndarray | Tensor | None = None,
              iterations: int | None = None, refine: bool = True,
-             max_time: float | None = None) -> PlanResult:
+             max_time: float | None = None, frame: np.ndarray | None = None) -> PlanResult:
         """Solve the tracking problem over the horizon starting at reference step ``start``.
 
         Parameters
@@ -422,9 +452,16 @@ class DenoisingTracker:
         max_time : float, optional
             Seconds the whole call may take (the cold-start search included): the solver
             stops at the first iteration past what is left of it.
+        frame : ndarray (k,), optional
+            With a symmetry: the world frame of the plan when no measurement fixes it (nothing
+            measured); default the identity (the canonical frame is the world frame).
         """
         start_t = time.perf_counter()
+        self._frame = (self.symmetry.identity_element() if frame is None
+                       else np.asarray(frame, dtype=float).reshape(self.symmetry.group_dim))
         measured = self._normalised_past(past_u, past_y, current_y)
+        if isinstance(self.cost, FramedWindowCost):
+            self.cost.set_frame(self._frame)
         self.cost.set_start(start)
         f, g = self._cost_fns(measured)
         if initial_point is None:
@@ -453,7 +490,7 @@ class DenoisingTracker:
         if refine and self.refine_iterations:
             x = self._refine(x, measured)
         solve_time = time.perf_counter() - start_t
-        w = self.normalizer.denormalize(x[0].double().cpu().numpy())
+        w = self.symmetry.act(self._frame, self.normalizer.denormalize(x[0].double().cpu().numpy()))
         fut = w[self.past_length:]
         u = np.clip(fut[:, : self.m], self._u_low, self._u_high)
         y = fut[:, self.m:]
@@ -461,7 +498,8 @@ class DenoisingTracker:
                           predicted_cost=float(self.problem.cost(u, y, start)),
                           initial_cost=initial_cost, window=x[0].cpu().numpy(),
                           iterations=result.iterations, solve_time_s=solve_time,
-                          manifold_distance=dist, solver_result=result)
+                          manifold_distance=dist, solver_result=result,
+                          frame=np.array(self._frame, dtype=float))
 
     # -- receding horizon (a Gymnasium-loop policy) ----------------------------------------------
     name = "denoising"
@@ -476,7 +514,7 @@ class DenoisingTracker:
             self._warm_up()
         self._u_hist: list[np.ndarray] = []
         self._y_hist: list[np.ndarray] = []
-        self._warm: Tensor | None = None
+        self._warm: np.ndarray | None = None  # previous plan's window, world frame, physical
         self.last_plan: PlanResult | None = None
         self.last_solve_time_s = 0.0
         self.step_index = 0
@@ -505,13 +543,19 @@ class DenoisingTracker:
             plan = self.plan(past_u, past_y, current_y=y, start=k, refine=False,
                              max_time=self.step_time_budget)
         else:
-            # Shift the previous plan by one step; its last row repeats (a neutral guess).
+            # Shift the previous plan by one step; its last row repeats (a neutral guess). It
+            # moves into the frame of the new measured past (the world frame is fixed).
             prev = self._warm
-            shifted = torch.cat([prev[1:], prev[-1:]], dim=0)
+            shifted = np.concatenate([prev[1:], prev[-1:]], axis=0)
+            first = np.concatenate([past_u[0], past_y[0]]) if t else np.concatenate(
+                [np.full(self.m, np.nan), y])
+            g = self.symmetry.frame_of_sample(first)
+            shifted = self.normalizer.normalize(self.symmetry.inverse_act(g, shifted))
             plan = self.plan(past_u, past_y, current_y=y, start=k, initial_point=shifted,
                              iterations=self.iterations_per_step, refine=False,
                              max_time=self.step_time_budget)
-        self._warm = torch.as_tensor(plan.window, dtype=self.dtype, device=self.device)
+        self._warm = self.symmetry.act(plan.frame, self.normalizer.denormalize(
+            np.asarray(plan.window, dtype=float)))
         self.last_plan = plan
         self.last_solve_time_s = plan.solve_time_s
         u = plan.inputs[0].copy()

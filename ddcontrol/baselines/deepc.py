@@ -334,6 +334,12 @@ class DeePC(Controller):
         self._plan_u = None
 
     def _act(self, y: np.ndarray, info: dict[str, Any] | None) -> np.ndarray:
+        # The past must hold the inputs the plant applied (a harness's warm-up input may
+        # differ from ours); ddcontrol's environments report it in info["applied_action"].
+        if info is not None and self.inputs and "applied_action" in info:
+            applied = np.asarray(info["applied_action"], dtype=np.float64).reshape(-1)
+            if applied.shape == (self.input_dim,) and np.all(np.isfinite(applied)):
+                self.inputs[-1] = applied
         if self.k < self.t_ini:
             return self.warmup_input
         u_ini = np.stack(self.inputs[-self.t_ini:])

@@ -18,7 +18,12 @@ horizon, weights and bounds; comparison tables report cost ratios against it.
   rollout itself runs in numpy (≈25× faster than a torch rollout on CPU). Receding-horizon use
   warm-starts from the previous plan shifted by one sample.
 
-Both use the shared cost and sampling convention (:mod:`ddcontrol.tracking.cost`): plans are
+For nonlinear systems :func:`make_oracle` (and so ``make_baseline("oracle", ...)``) prefers the
+CasADi NMPC oracle (:mod:`ddcontrol.baselines.nmpc`: multiple shooting, IPOPT, milliseconds per
+step) when CasADi is installed; :class:`ShootingOracle` stays as a dependency-free cross-check
+(``"oracle-shooting"``).
+
+All use the shared cost and sampling convention (:mod:`ddcontrol.tracking.cost`): plans are
 ``u_k … u_{k+N-1}`` and outputs ``y_k … y_{k+N-1}`` with ``y_k = output(x_k, u_{k-1})``.
 """
 
@@ -377,8 +382,33 @@ class ShootingOracle(_RecedingOracle):
 
 
 def make_oracle(dynamics: Dynamics, reference: Reference, Q: Any, R: Any, *, horizon: int = 20,
-                **kwargs: Any) -> LinearOracle | ShootingOracle:
-    """The exact QP oracle for linear dynamics, the shooting oracle otherwise."""
-    if isinstance(dynamics, LinearDynamics):
+                backend: str = "auto", **kwargs: Any) -> _RecedingOracle:
+    """The model-based oracle for ``dynamics``.
+
+    Parameters
+    ----------
+    backend : {"auto", "casadi", "shooting", "qp"}
+        ``"auto"``: the exact QP (:class:`LinearOracle`) for linear dynamics; for nonlinear ones
+        the CasADi NMPC oracle (:class:`~ddcontrol.baselines.nmpc.CasadiOracle`) when CasADi is
+        installed, else (or when ``derivatives=`` is passed) :class:`ShootingOracle`.
+        ``"casadi"`` and ``"shooting"`` force one (any dynamics); ``"qp"`` needs linear ones.
+    **kwargs
+        Forwarded to the oracle (``max_iterations``, ``warm_iterations``, ``tol``, ``warm_tol``
+        for both nonlinear oracles; ``derivatives`` for the shooting one; ``solver``, ``qpsol``
+        for the CasADi one).
+    """
+    if backend not in ("auto", "casadi", "shooting", "qp"):
+        raise ConfigurationError(f"backend must be 'auto', 'casadi', 'shooting' or 'qp', got "
+                                 f"{backend!r}")
+    linear = isinstance(dynamics, LinearDynamics)
+    if backend == "qp" or (backend == "auto" and linear):
         return LinearOracle(dynamics, reference, Q, R, horizon=horizon)
+    if backend == "auto":
+        from ddcontrol.baselines.nmpc import casadi_available
+
+        backend = "shooting" if ("derivatives" in kwargs or not casadi_available()) else "casadi"
+    if backend == "casadi":
+        from ddcontrol.baselines.nmpc import CasadiOracle
+
+        return CasadiOracle(dynamics, reference, Q, R, horizon=horizon, **kwargs)
     return ShootingOracle(dynamics, reference, Q, R, horizon=horizon, **kwargs)

@@ -1,0 +1,208 @@
+"""Baselines a control engineer would trust (issue 17): NMPC on a real solver, tuned DeePC, Koopman.
+
+Experiments:
+
+* ``nmpc``: the CasADi oracle (multiple shooting, IPOPT, warm-started) against the shooting
+  oracle (Gauss-Newton single shooting, the torch/scipy cross-check) on the closed-loop setups of
+  ``bench_tracking.py`` (double pendulum, swing, N = 30, R = 0.1; unicycle, figure of eight,
+  N = 40, R = 0.001; Q = 1). For each: one closed-loop episode per oracle from the same initial
+  state (seed 0): total cost and per-step solve-time percentiles; and cold open-loop plans from
+  the same states (every ``--plan-every`` samples of the CasADi episode): plan cost and time of
+  both. Writes ``results/nmpc_oracle.json``.
+* ``deepc-tuning``: the held-out choice of DeePC's (T_ini, λ_g, λ_y) per system
+  (:func:`ddcontrol.baselines.tuning.tune_deepc`) on the closed-loop setups' data (generated as
+  in ``bench_tracking.py``, without training a model). Writes ``results/deepc_tuning.json``.
+* ``koopman``: the held-out choice of the EDMD model (delays, observables, ridge) per system
+  (:func:`ddcontrol.baselines.koopman.select_edmd`), same data. Writes
+  ``results/koopman_selection.json``.
+
+Run (the recorded results)::
+
+    python benchmarks/bench_baselines.py --experiment nmpc
+    python benchmarks/bench_baselines.py --experiment deepc-tuning
+    python benchmarks/bench_baselines.py --experiment koopman
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddcontrol.baselines.nmpc import CasadiOracle
+from ddcontrol.baselines.oracle import ShootingOracle
+from ddcontrol.data import TrajectoryDataset, collect, make_dynamics
+from ddcontrol.evaluate.closed_loop import episode_metrics, run_episode
+from ddcontrol.tracking.reference import make_reference
+
+RESULTS = Path(__file__).parent / "results"
+DATA = Path(__file__).parent / "models"
+
+# The closed-loop setups of bench_tracking.py: env, reference, horizon, R, data (n, length,
+# excitation), T_ini of the denoising tracker.
+SYSTEMS: dict[str, dict[str, Any]] = {
+    "msd": dict(env="ddcontrol/MassSpringDamper-v0", ref="random", horizon=25, R=0.01,
+                data=(1000, 100, "gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), t_ini=5),
+    "pendulum": dict(env="ddcontrol/DoublePendulum-v0", ref="swing", horizon=30, R=0.1,
+                     data=(5000, 100, "mixed", {}), t_ini=10),
+    "unicycle": dict(env="ddcontrol/Unicycle-v0", ref="figure-eight", horizon=40, R=0.001,
+                     data=(5000, 100, "gaussian", {"bandwidth": 0.2, "amplitude": 0.6}),
+                     t_ini=5),
+}
+
+
+def _percentiles(times: np.ndarray) -> dict[str, float]:
+    t = 1e3 * np.asarray(times)
+    return {"mean_ms": float(t.mean()), "p50_ms": float(np.percentile(t, 50)),
+            "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)),
+            "max_ms": float(t.max())}
+
+
+def nmpc_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("pendulum", "unicycle"):
+        if args.systems and name not in args.systems:
+            continue
+        s = SYSTEMS[name]
+        env, N, R = s["env"], s["horizon"], s["R"]
+        dyn = make_dynamics(env)
+        steps = args.steps or 200
+        ref = make_reference(s["ref"], env, steps)
+        row: dict[str, Any] = {"env": env, "horizon": N, "Q": 1.0, "R": R, "steps": steps}
+        episodes = {}
+        for label, cls in (("casadi", CasadiOracle), ("shooting", ShootingOracle)):
+            t0 = time.perf_counter()
+            ctrl = cls(dyn, ref, 1.0, R, horizon=N)
+            setup = time.perf_counter() - t0
+            n = steps if label == "casadi" else min(steps, args.shooting_steps or steps)
+            ep = run_episode(env, ctrl, n, seed=0)
+            met = episode_metrics(ep, ref, 1.0, R, input_low=dyn.input_low,
+                                  input_high=dyn.input_high)
+            episodes[label] = ep
+            row[f"{label}_closed_loop"] = {"steps": n, "total_cost": met["total_cost"],
+                                           "rms_error": met["rms_error"], "setup_s": setup,
+                                           "error": ep.error, **_percentiles(ep.solve_times)}
+            print(f"{name} {label}: {n} steps, cost {met['total_cost']:.5g}, solve "
+                  f"{_percentiles(ep.solve_times)}", flush=True)
+        # Same number of steps for the cost comparison when the shooting run was shortened.
+        n_sh = row["shooting_closed_loop"]["steps"]
+        if n_sh < steps:
+            met = episode_metrics(_truncate(episodes["casadi"], n_sh), ref, 1.0, R,
+                                  input_low=dyn.input_low, input_high=dyn.input_high)
+            row["casadi_closed_loop"][f"total_cost_first_{n_sh}"] = met["total_cost"]
+        # Cold open-loop plans from the same states.
+        plans = []
+        cas = CasadiOracle(dyn, ref, 1.0, R, horizon=N)
+        sho = ShootingOracle(dyn, ref, 1.0, R, horizon=N)
+        ep = episodes["casadi"]
+        for k in range(0, min(len(ep.outputs), args.plan_steps), args.plan_every):
+            x0, up = ep.states[k], ep.inputs[k - 1] if k else np.zeros(dyn.input_dim)
+            r = ref.window(k, N)
+            t0 = time.perf_counter()
+            uc, yc = cas.plan(x0, r, u_prev=up)
+            tc = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            us, ys = sho.plan(x0, r, u_prev=up)
+            ts = time.perf_counter() - t0
+            ch = list(ref.channels)
+            cc = float(np.sum((yc[:, ch] - r) ** 2) + R * np.sum(uc ** 2))
+            cs = float(np.sum((ys[:, ch] - r) ** 2) + R * np.sum(us ** 2))
+            plans.append({"k": k, "casadi_cost": cc, "shooting_cost": cs, "casadi_s": tc,
+                          "shooting_s": ts, "casadi_status": cas.last_stats["status"]})
+            print(f"  plan k={k}: casadi {cc:.6g} ({tc * 1e3:.1f} ms)  shooting {cs:.6g} "
+                  f"({ts * 1e3:.0f} ms)", flush=True)
+        ratios = np.array([p["casadi_cost"] / p["shooting_cost"] for p in plans])
+        row["cold_plans"] = {"plans": plans, "casadi_over_shooting_max": float(ratios.max()),
+                             "casadi_over_shooting_median": float(np.median(ratios)),
+                             "casadi_time": _percentiles([p["casadi_s"] for p in plans]),
+                             "shooting_time": _percentiles([p["shooting_s"] for p in plans])}
+        out[name] = row
+    return out
+
+
+def _truncate(ep: Any, n: int) -> Any:
+    from dataclasses import replace
+
+    return replace(ep, outputs=ep.outputs[:n], inputs=ep.inputs[:n], requested=ep.requested[:n],
+                   states=ep.states[:n + 1], solve_times=ep.solve_times[:n])
+
+
+def system_data(name: str) -> TrajectoryDataset:
+    """The closed-loop setup's dataset (as bench_tracking.py generates it; cached)."""
+    s = SYSTEMS[name]
+    n, length, exc, params = s["data"]
+    # bench_tracking.py stores its datasets under models/<name>-loop/; reuse one if present.
+    path = DATA / f"{name}-loop" / "data.npz"
+    if path.exists():
+        return TrajectoryDataset.load(path)
+    data = collect(s["env"], n, length, excitation=exc, excitation_params=params, seed=0)
+    data.save(path)
+    return data
+
+
+def deepc_tuning_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    from ddcontrol.baselines.tuning import tune_deepc
+
+    out: dict[str, Any] = {}
+    for name, s in SYSTEMS.items():
+        if args.systems and name not in args.systems:
+            continue
+        data = system_data(name)
+        t0 = time.perf_counter()
+        res = tune_deepc(data, horizon=s["horizon"], seed=0)
+        out[name] = {"env": s["env"], "horizon": s["horizon"], **res.to_dict(),
+                     "tuning_time_s": time.perf_counter() - t0}
+        print(f"{name}: {res.params}  held-out error {res.score:.4g} (default "
+              f"{res.default_score:.4g})", flush=True)
+    return out
+
+
+def koopman_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    from ddcontrol.baselines.koopman import select_edmd
+
+    out: dict[str, Any] = {}
+    for name, s in SYSTEMS.items():
+        if args.systems and name not in args.systems:
+            continue
+        data = system_data(name)
+        t0 = time.perf_counter()
+        _, report = select_edmd(data, horizon=s["horizon"], seed=0)
+        out[name] = {"env": s["env"], "horizon": s["horizon"], **report,
+                     "selection_time_s": time.perf_counter() - t0}
+        print(f"{name}: {report['chosen']}  held-out error {report['score']:.4g}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", choices=("nmpc", "deepc-tuning", "koopman"), required=True)
+    p.add_argument("--systems", nargs="*", default=None)
+    p.add_argument("--steps", type=int, default=None, help="closed-loop samples (default 200)")
+    p.add_argument("--shooting-steps", type=int, default=None,
+                   help="closed-loop samples of the (slow) shooting oracle (default: --steps)")
+    p.add_argument("--plan-every", type=int, default=20)
+    p.add_argument("--plan-steps", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    fn = {"nmpc": nmpc_experiment, "deepc-tuning": deepc_tuning_experiment,
+          "koopman": koopman_experiment}[args.experiment]
+    result = fn(args)
+    result["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
+                         "threads": args.threads}
+    fname = {"nmpc": "nmpc_oracle.json", "deepc-tuning": "deepc_tuning.json",
+             "koopman": "koopman_selection.json"}[args.experiment]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / fname).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(f"wrote {RESULTS / fname}")
+
+
+if __name__ == "__main__":
+    main()

@@ -176,3 +176,37 @@ def test_training_learns_canonical_windows_and_the_checkpoint_keeps_the_symmetry
                            depth=1, emb_dim=8, progress=False, val_every=0, symmetry="none")
     train(cfg_none, data)
     assert isinstance(load_model(tmp_path / "none").symmetry, Identity)
+
+
+def test_system_defaults_reach_the_tracker_and_options_override_them():
+    from ddcontrol.evaluate.controllers import make_controller
+    from ddcontrol.tracking.defaults import GENERIC, system_defaults
+
+    d = system_defaults(UNI)
+    assert d.horizon == d.window - d.t_ini and d.excitation == "gaussian"
+    assert system_defaults("SomeoneElses-v0") is GENERIC
+    data = collect(UNI, 12, 12, seed=0)
+
+    class Model:  # the smallest thing make_tracker accepts: a closed-form denoiser
+        window_length, input_dim, output_dim = 8, 2, 5
+        symmetry = symmetry_for(data.metadata, 2)
+        normalizer = symmetry.fit_normalizer(symmetry.windows(data, 8), 2)
+        denoiser = EmpiricalDenoiser(torch.tensor(normalizer.normalize(symmetry.windows(data, 8)),
+                                                  dtype=torch.float32))
+
+        def check_dataset(self, dataset):
+            pass
+
+        def model_windows(self, dataset, stride=1):
+            return self.normalizer.normalize(self.symmetry.windows(dataset, 8, stride))
+
+    ref = make_reference("circle", UNI, 30)
+    assert ref.values.shape == (30, 2) and np.allclose(ref.values[0], 0.0)
+    tracker = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
+                              model=Model())
+    assert tracker.sigma == d.sigma and tracker.solver_name == d.solver
+    assert tracker.step_time_budget == pytest.approx(d.step_time_fraction * ref.dt)
+    assert isinstance(tracker.symmetry, PlanarSymmetry)
+    tuned = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
+                            model=Model(), options={"sigma": 0.2, "step_time_budget": None})
+    assert tuned.sigma == 0.2 and tuned.step_time_budget is None

@@ -12,6 +12,7 @@ name               signal                                            default cha
 ``"sine"``         ``amplitude sin(2π t / period + phase_c)``         all outputs
 ``"random"``       random smooth sum of sines (seeded)                all outputs
 ``"figure-eight"`` ``x = a sin s``, ``y = b sin 2s``, s ∈ [0, 2π]     ``x`` and ``y``
+``"circle"``       ``x = r sin s``, ``y = r (1 − cos s)``, s ∈ [0, 2π]  ``x`` and ``y``
 ``"swing"``        in-phase swing of ``θ1, θ2`` inside ±0.6 rad        ``theta1``, ``theta2``
 =================  ================================================  =========================
 """
@@ -25,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from ddcontrol._validation import as_finite_array, check_positive_float, check_positive_int
-from ddcontrol.errors import ConfigurationError, DimensionError, UnknownNameError
+from ddcontrol.errors import ConfigurationError, DimensionError, NonFiniteError, UnknownNameError
 
-__all__ = ["Reference", "REFERENCES", "make_reference", "as_reference"]
+__all__ = ["Reference", "REFERENCES", "make_reference", "as_reference", "evaluate_callable"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,36 @@ def as_reference(reference: Reference | np.ndarray, output_dim: int,
     return Reference(values, tuple(channels), output_dim, dt)
 
 
+def evaluate_callable(reference: Callable[[float], Any], times: Any, count: int) -> np.ndarray:
+    """Values of a reference given as a function of time, shape (len(times), count).
+
+    Every value is checked, not only the first: a function that returns NaN or inf at some
+    time would otherwise turn a plan's cost into NaN without a word.
+
+    Raises
+    ------
+    NonFiniteError
+        ``reference(t)`` is NaN or inf at some ``t`` (the first such time is named).
+    DimensionError
+        ``reference(t)`` does not return ``count`` values.
+    """
+    rows = []
+    for t in np.asarray(times, dtype=np.float64).reshape(-1):
+        try:
+            value = np.asarray(reference(float(t)), dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DimensionError(f"reference(t) must return {count} numbers; at t={t:g} s: "
+                                 f"{exc}") from exc
+        if value.shape != (count,):
+            raise DimensionError(f"reference(t) must return {count} values, got shape "
+                                 f"{value.shape} at t={t:g} s")
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteError(f"reference(t) returned {value.tolist()} at t={t:g} s; a "
+                                 "reference must be finite at every time of the horizon")
+        rows.append(value)
+    return np.stack(rows) if rows else np.zeros((0, count))
+
+
 # -- generators -------------------------------------------------------------------------------
 # Each maps (t (T,) seconds, dt, channel count, rng, **params) -> values (T, p_tracked).
 
@@ -195,6 +226,15 @@ def _figure_eight(t: np.ndarray, dt: float, count: int, rng: np.random.Generator
     return np.stack([a * np.sin(s), b * np.sin(2 * s)], axis=1)
 
 
+def _circle(t: np.ndarray, dt: float, count: int, rng: np.random.Generator, *,
+            radius: float = 4.0, cycles: float = 1.0) -> np.ndarray:
+    """A circle of ``radius`` m through the origin, ``x = r sin s``, ``y = r (1 − cos s)``, with
+    ``s`` spread over ``[0, 2π·cycles]`` (counter-clockwise, starting along +x)."""
+    radius = check_positive_float(radius, "radius")
+    s = np.linspace(0.0, 2 * np.pi * cycles, t.size)
+    return np.stack([radius * np.sin(s), radius * (1.0 - np.cos(s))], axis=1)
+
+
 def _swing(t: np.ndarray, dt: float, count: int, rng: np.random.Generator, *,
            amplitude: Any = (0.4, 0.55), period: float = 7.0, ramp: float = 3.0) -> np.ndarray:
     """``θ_c = A_c s(t) sin(2π t / period)`` with a smoothstep ramp ``s`` over ``ramp`` seconds.
@@ -215,6 +255,7 @@ REFERENCES: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...] | None]] 
     "sine": (_sine, None),
     "random": (_random, None),
     "figure-eight": (_figure_eight, ("x", "y")),
+    "circle": (_circle, ("x", "y")),
     "swing": (_swing, ("theta1", "theta2")),
 }
 
@@ -228,7 +269,7 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
     ----------
     name : str
         One of ``REFERENCES``: ``"step"``, ``"sine"``, ``"random"``, ``"figure-eight"``,
-        ``"swing"``.
+        ``"circle"``, ``"swing"``.
     system : str or int
         A registered environment id (gives the output names and ``dt``), or the number p of
         measured outputs.
@@ -238,15 +279,16 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
         Sampling time in seconds; default: the environment's (1.0 for an integer ``system``).
     channels : sequence of int, optional
         Tracked output indices. Default: every output for step/sine/random; the outputs named
-        ``x, y`` (figure-eight) or ``theta1, theta2`` (swing), or the first two for an integer
-        ``system``.
+        ``x, y`` (figure-eight, circle) or ``theta1, theta2`` (swing), or the first two for an
+        integer ``system``.
     seed : int
         Seeds the ``"random"`` reference.
     env_kwargs : dict, optional
         Environment keyword arguments (e.g. the unicycle's ``outputs``).
     **params
         Generator parameters, e.g. ``amplitude``, ``period`` (s), ``delay`` (samples),
-        ``a, b, cycles`` (figure-eight), ``ramp`` (s, swing), ``components, max_cycles`` (random).
+        ``a, b, cycles`` (figure-eight), ``radius, cycles`` (circle), ``ramp`` (s, swing),
+        ``components, max_cycles`` (random).
 
     Returns
     -------

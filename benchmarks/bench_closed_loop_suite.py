@@ -1,0 +1,255 @@
+"""Closed-loop suite: every controller on several systems, references and seeds, one table.
+
+For each system and seed ``s``: a dataset (collected with seed ``s``), a model (trained with seed
+``s``, ``--minutes`` per model, cached in ``benchmarks/models/suite/<system>-s<s>-<steps>/``), then for
+each reference a closed loop of ``--steps`` samples from the initial state drawn with seed ``s``,
+for every controller, on the same reference, weights and noise. The tracker runs with the
+system's defaults (:mod:`ddcontrol.tracking.defaults`) and no tuning flag.
+
+Writes ``benchmarks/results/closed_loop_suite.json`` (``rows``: one per system x reference x
+seed x controller, with ``system, reference, seed, controller, cost_ratio`` (to the oracle),
+``rms_error, total_cost, solve_p50_ms, solve_p95_ms, solve_max_ms, dt_ms, bound_violations,
+failed, error``; ``summary``: median and worst cost ratio per system and controller, and the
+denoising tracker's median ratio to DeePC's), ``closed_loop_suite.md`` and, per run, the plots in
+``benchmarks/results/suite/<system>-<reference>-s<seed>/`` (x-y paths of every controller for
+the unicycle). Results are written after every run, so an interrupted suite keeps what it did.
+
+Run (the recorded results)::
+
+    python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddcontrol._io import atomic_write  # noqa: E402
+from ddcontrol.data import TrajectoryDataset, collect  # noqa: E402
+from ddcontrol.evaluate.compare import compare, write_comparison  # noqa: E402
+from ddcontrol.evaluate.controllers import make_controller  # noqa: E402
+from ddcontrol.score import TrainConfig, load_model, train  # noqa: E402
+from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
+from ddcontrol.tracking.reference import make_reference  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = Path(__file__).parent / "models" / "suite"
+
+# system: env, trajectories x length of the data, references (name, parameters)
+SYSTEMS: dict[str, dict[str, Any]] = {
+    "msd": dict(env="ddcontrol/MassSpringDamper-v0", n=1000, length=100,
+                references=[("random", {"seed": 1}), ("random", {"seed": 2}),
+                            ("sine", {"amplitude": 1.0})]),
+    "coupled": dict(env="ddcontrol/CoupledMasses-v0", n=1000, length=100,
+                    references=[("random", {"seed": 1}), ("random", {"seed": 2}),
+                                ("sine", {"amplitude": 1.0})]),
+    "pendulum": dict(env="ddcontrol/DoublePendulum-v0", n=5000, length=100,
+                     references=[("swing", {}), ("swing", {"amplitude": [0.25, 0.35]}),
+                                 ("swing", {"period": 9.0})]),
+    "unicycle": dict(env="ddcontrol/Unicycle-v0", n=5000, length=100,
+                     references=[("figure-eight", {}), ("circle", {}),
+                                 ("random", {"seed": 3, "channels": (0, 1), "amplitude": 4.0,
+                                             "max_cycles": 1.5})]),
+}
+
+
+def _dataset(system: str, seed: int) -> TrajectoryDataset:
+    """The data of ``system`` for ``seed`` (collected once, shared by every model of it)."""
+    spec, d = SYSTEMS[system], system_defaults(SYSTEMS[system]["env"])
+    path = MODELS / f"{system}-s{seed}-data.npz"
+    if path.exists():
+        return TrajectoryDataset.load(path)
+    data = collect(spec["env"], spec["n"], spec["length"], excitation=d.excitation,
+                   excitation_params=d.excitation_params, seed=seed)
+    data.save(path)
+    return data
+
+
+def dataset_and_model(system: str, seed: int, steps: int, device: str, symmetry: str = "auto"
+                      ) -> tuple[TrajectoryDataset, Any]:
+    """Collect (once) the data and train (once) the model of ``system`` for ``seed``."""
+    spec = SYSTEMS[system]
+    folder = MODELS / (f"{system}-s{seed}-{steps}" + ("" if symmetry == "auto" else
+                                                      f"-sym{symmetry}"))
+    d = system_defaults(spec["env"])
+    data = _dataset(system, seed)
+    if not (folder / "checkpoint.pt").exists():
+        cfg = TrainConfig(out=str(folder), window=d.window, device=device, overwrite=True,
+                          seed=seed, progress=False, steps=steps, symmetry=symmetry)
+        t0 = time.perf_counter()
+        train(cfg, data)
+        print(f"trained {system} seed {seed}: {steps} steps in "
+              f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    return data, load_model(folder, device=device, dataset=data)
+
+
+def _label(name: str, params: dict[str, Any]) -> str:
+    extra = "-".join(f"{k}{v}" for k, v in sorted(params.items()) if k not in ("channels",))
+    return name + (f"-{extra}" if extra else "")
+
+
+def _plot_paths(result: Any, out: Path) -> None:
+    """x-y paths of every controller against the reference (unicycle)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = result.reference
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(ref.values[:, 0], ref.values[:, 1], "k--", lw=2, label="reference")
+    for name, eps in result.episodes.items():
+        if len(eps[0].outputs):
+            y = ref.select(eps[0].outputs)
+            ax.plot(y[:, 0], y[:, 1], lw=1.4, label=name)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x [m]")
+    ax.set_ylabel("y [m]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "paths.png", dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    path = RESULTS / f"{args.results}.json"
+    old = json.loads(path.read_text()) if path.exists() and not args.fresh else {"rows": []}
+    # A rerun replaces the rows of the runs it repeats (same system, reference, seed and
+    # controller) and keeps the others: controllers can be run separately.
+    rows = old.get("rows", [])
+    for system in args.systems:
+        spec = SYSTEMS[system]
+        env, d = spec["env"], system_defaults(spec["env"])
+        for seed in args.seeds:
+            if "denoising" in args.controllers:
+                data, model = dataset_and_model(system, seed, args.train_steps, args.device,
+                                                args.symmetry)
+            else:  # the baselines need the data only
+                data, model = _dataset(system, seed), None
+            for ref_name, params in spec["references"]:
+                params = dict(params)
+                ref = make_reference(ref_name, env, args.steps, **params)
+                label = _label(ref_name, params)
+                opts = d.tracker_options(ref.dt)
+                opts["device"] = args.device
+                factories = {n: partial(make_controller, n, env, ref, d.Q, d.R,
+                                        horizon=d.horizon, data=data, model=model, t_ini=d.t_ini,
+                                        options=opts if n == "denoising" else None)
+                             for n in args.controllers}
+                t0 = time.perf_counter()
+                result = compare(env, factories, ref, Q=d.Q, R=d.R, score_from=d.t_ini,
+                                 seeds=[seed], progress=False)
+                out = RESULTS / "suite" / f"{system}-{label}-s{seed}" if (
+                    args.results == "closed_loop_suite") else (
+                    RESULTS / "suite" / args.results / f"{system}-{label}-s{seed}")
+                write_comparison(result, out)
+                if system == "unicycle":
+                    _plot_paths(result, out)
+                for r in result.rows:
+                    times = np.array([t for e in result.episodes[r["controller"]]
+                                      for t in e.solve_times]) * 1e3
+                    rows = [o for o in rows if (o["system"], o["reference"], o["seed"],
+                                                o["controller"]) != (system, label, seed,
+                                                                     r["controller"])]
+                    rows.append({
+                        "system": system, "env_id": env, "reference": label, "seed": seed,
+                        "controller": r["controller"], "total_cost": r["total_cost"],
+                        "rms_error": r["rms_error"],
+                        "solve_p50_ms": float(np.percentile(times, 50)) if times.size else None,
+                        "solve_p95_ms": float(np.percentile(times, 95)) if times.size else None,
+                        "solve_max_ms": float(times.max()) if times.size else None,
+                        "dt_ms": ref.dt * 1e3, "bound_violations": r["bound_violations"],
+                        "failed": r["failed"], "error": r.get("error")})
+                print(f"{system} {label} seed {seed} ({time.perf_counter() - t0:.0f} s):\n"
+                      f"{result.to_markdown()}", flush=True)
+                _write(path, rows, args)
+    return _write(path, rows, args)
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Cost ratios to the oracle and to DeePC of the same run (system, reference, seed)."""
+    cost = {(r["system"], r["reference"], r["seed"], r["controller"]): r["total_cost"]
+            for r in rows if not r["failed"]}
+    for r in rows:
+        key = (r["system"], r["reference"], r["seed"])
+        for name, field in (("oracle", "cost_ratio"), ("deepc", "cost_ratio_deepc")):
+            base = cost.get((*key, name))
+            ok = base is not None and base > 0 and not r["failed"]
+            r[field] = float(r["total_cost"] / base) if ok else None
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and worst cost ratio per system and controller."""
+    _ratios(rows)
+    out: dict[str, Any] = {}
+    for system in sorted({r["system"] for r in rows}):
+        sys_rows = [r for r in rows if r["system"] == system and not r["failed"]]
+        out[system] = {}
+        for ctrl in sorted({r["controller"] for r in sys_rows}):
+            ratios = np.array([r["cost_ratio"] for r in sys_rows if r["controller"] == ctrl
+                               and r["cost_ratio"] is not None], dtype=float)
+            p95 = [r["solve_p95_ms"] for r in sys_rows if r["controller"] == ctrl
+                   and r["solve_p95_ms"] is not None]
+            vs = [r["cost_ratio_deepc"] for r in sys_rows if r["controller"] == ctrl
+                  and r["cost_ratio_deepc"] is not None]
+            out[system][ctrl] = {
+                "runs": int(ratios.size),
+                "median_cost_ratio": float(np.median(ratios)) if ratios.size else None,
+                "worst_cost_ratio": float(ratios.max()) if ratios.size else None,
+                "median_ratio_to_deepc": float(np.median(vs)) if vs else None,
+                "worst_solve_p95_ms": float(max(p95)) if p95 else None}
+    return out
+
+
+def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    doc = {"command": "python benchmarks/bench_closed_loop_suite.py " + " ".join(sys.argv[1:]),
+           "threads": torch.get_num_threads(), "train_steps": args.train_steps,
+           "steps": args.steps, "summary": summarise(rows), "rows": rows}
+    atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1, default=str).encode()))
+    lines = ["| system | reference | seed | controller | cost / oracle | cost / DeePC | RMS error "
+             "| solve p95 [ms] | dt [ms] | status |", "|" + "---|" * 10]
+    for r in rows:
+        def f(v: Any) -> str:
+            return "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+        status = "ok" if not r["failed"] else f"FAILED: {str(r['error'])[:60]}"
+        lines.append(f"| {r['system']} | {r['reference']} | {r['seed']} | {r['controller']} | "
+                     f"{f(r['cost_ratio'])} | {f(r['cost_ratio_deepc'])} | {f(r['rms_error'])} | "
+                     f"{f(r['solve_p95_ms'])} | {f(r['dt_ms'])} | {status} |")
+    atomic_write(path.with_suffix(".md"), lambda fh: fh.write(("\n".join(lines) + "\n").encode()))
+    return doc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--controllers", type=lambda s: s.split(","),
+                   default=["denoising", "deepc", "oracle"])
+    p.add_argument("--train-steps", type=int, default=15000, help="training steps per model")
+    p.add_argument("--steps", type=int, default=200, help="closed-loop samples")
+    p.add_argument("--symmetry", default="auto", choices=["auto", "none"],
+                   help="model symmetry (ablation: none)")
+    p.add_argument("--results", default="closed_loop_suite",
+                   help="name of the results files in benchmarks/results/")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fresh", action="store_true", help="drop earlier rows of every system")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    doc = run(args)
+    print(json.dumps(doc["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -43,11 +43,13 @@ from ddcontrol.tracking.reference import make_reference
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).parent / "models"
 
-# The closed-loop setups of bench_tracking.py: env, reference, horizon, R, data (n, length,
-# excitation), T_ini of the denoising tracker.
+# The closed-loop setups (bench_tracking.py; ddcontrol.tracking.defaults for the coupled masses):
+# env, reference, horizon, R, data (n, length, excitation), T_ini of the denoising tracker.
 SYSTEMS: dict[str, dict[str, Any]] = {
     "msd": dict(env="ddcontrol/MassSpringDamper-v0", ref="random", horizon=25, R=0.01,
                 data=(1000, 100, "gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), t_ini=5),
+    "coupled": dict(env="ddcontrol/CoupledMasses-v0", ref="random", horizon=24, R=0.01,
+                    data=(1000, 100, "gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), t_ini=6),
     "pendulum": dict(env="ddcontrol/DoublePendulum-v0", ref="swing", horizon=30, R=0.1,
                      data=(5000, 100, "mixed", {}), t_ini=10),
     "unicycle": dict(env="ddcontrol/Unicycle-v0", ref="figure-eight", horizon=40, R=0.001,

@@ -119,3 +119,48 @@ def test_without_casadi_the_oracle_falls_back_and_the_error_names_the_extra(monk
     assert isinstance(oracle, ShootingOracle)
     with pytest.raises(ImportError, match="baselines"):
         make_baseline("oracle-casadi", PENDULUM, ref, 1.0, 0.1, horizon=8)
+
+
+# -- SINDy-with-control MPC (NMPC on the identified model) ----------------------------------------
+@needs_casadi
+def test_sindy_with_a_linear_library_recovers_the_lti_optimum():
+    from ddcontrol.baselines.sindy import SINDyMPC
+    from ddcontrol.data import collect
+
+    data = collect(MIMO, 60, 60, seed=0)
+    test = collect(MIMO, 1, 60, seed=9)
+    dyn = make_dynamics(MIMO)
+    ref = make_reference("random", MIMO, 40, seed=3, amplitude=3.0)
+    N, d, k = 10, 1, 20
+    ctrl = SINDyMPC(data, ref, 1.0, 0.01, horizon=N, delays=d, library=("linear",),
+                    threshold=0.0)
+    xi = ctrl.dynamics.state_from_history(test.y[0, k - d:k + 1], test.u[0, k - d:k])
+    u, y = ctrl.plan(xi, ref.window(0, N), u_prev=test.u[0, k - 1])
+    u_opt, y_opt = LinearOracle(dyn, ref, 1.0, 0.01, horizon=N).plan(
+        test.x[0, k], ref.window(0, N), u_prev=test.u[0, k - 1])
+    np.testing.assert_allclose(u, u_opt, atol=1e-5)
+    np.testing.assert_allclose(y, y_opt, atol=1e-6)
+
+
+@needs_casadi
+def test_sindy_on_the_pendulum_is_chosen_on_held_out_data_and_tracks():
+    from ddcontrol.data import collect
+
+    data = collect(PENDULUM, 100, 80, seed=2)
+    ref = make_reference("swing", PENDULUM, 40)
+    ctrl = make_baseline("sindy", PENDULUM, ref, 1.0, 0.1, horizon=10, data=data)
+    rep = ctrl.selection
+    assert rep["score"] < 0.2 and len(rep["candidates"]) > 4
+    assert "trig" in rep["chosen"]["library"]  # the pendulum's physics
+    assert not ctrl.uses_state and ctrl.name == "sindy"
+    from ddcontrol.evaluate.closed_loop import episode_metrics, run_episode
+
+    dyn = make_dynamics(PENDULUM)
+    args = dict(input_low=dyn.input_low, input_high=dyn.input_high, score_from=2)
+    ep = run_episode(PENDULUM, ctrl, 40, seed=0, warmup=2)
+    assert ep.error is None and ctrl.failures == 0
+    oracle = make_baseline("oracle", PENDULUM, ref, 1.0, 0.1, horizon=10)
+    cost = episode_metrics(ep, ref, 1.0, 0.1, **args)["total_cost"]
+    best = episode_metrics(run_episode(PENDULUM, oracle, 40, seed=0, warmup=2), ref, 1.0, 0.1,
+                           **args)["total_cost"]
+    assert cost < 1.5 * best  # (a short-horizon oracle is no closed-loop lower bound)

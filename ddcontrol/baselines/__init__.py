@@ -1,21 +1,27 @@
 """Baseline controllers every data-driven tracker is compared with.
 
-==================  ==========================================================================
-name                controller
-==================  ==========================================================================
-``"oracle"``        :class:`LinearOracle` (exact QP) / :class:`CasadiOracle` (NMPC on IPOPT,
-                    when CasADi is installed) / :class:`ShootingOracle` (otherwise); knows the
-                    model and reads ``info["state"]``: the lower bound, on purpose
-``"oracle-casadi"`` :class:`CasadiOracle` on any system (needs the ``baselines`` extra)
-``"oracle-shooting"`` :class:`ShootingOracle` on any system: the dependency-free cross-check
-``"lqr"``           :class:`LQRTracker` on the true or linearised model, Kalman filter
-``"lqr-id"``        :class:`LQRTracker` on a least-squares ARX model (measurable I/O state)
-``"deepc"``         :class:`DeePC`, Hankel-matrix predictive control (cvxpy + OSQP)
-``"deepc-tuned"``   :class:`DeePC` with its regularisation chosen on held-out data
-                    (:func:`tune_deepc`)
-``"koopman"``       :class:`KoopmanMPC`, linear MPC on an EDMD model (:func:`select_edmd`)
-``"best-window"``   replay of the least-cost training window (:func:`best_window`)
-==================  ==========================================================================
+=====================  ==========================================================================
+name                   controller
+=====================  ==========================================================================
+``"oracle"``           :class:`LinearOracle` (exact QP) / :class:`CasadiOracle` (NMPC on IPOPT,
+                       when CasADi is installed) / :class:`ShootingOracle` (otherwise); knows the
+                       model and reads ``info["state"]``: the lower bound, on purpose
+``"oracle-casadi"``    :class:`CasadiOracle` on any system (needs the ``baselines`` extra)
+``"oracle-shooting"``  :class:`ShootingOracle` on any system: the dependency-free cross-check
+``"lqr"``              :class:`LQRTracker` on the true or linearised model, Kalman filter
+``"lqr-id"``           :class:`LQRTracker` on a least-squares ARX model (measurable I/O state)
+``"deepc"``            :class:`DeePC`, Hankel-matrix predictive control (cvxpy + OSQP)
+``"deepc-tuned"``      :class:`DeePC` with its regularisation chosen on held-out data
+                       (:func:`tune_deepc`)
+``"koopman"``          :class:`KoopmanMPC`, linear MPC on an EDMD model (:func:`select_edmd`)
+``"sindy"``            :class:`~ddcontrol.baselines.sindy.SINDyMPC`, NMPC (CasADi) on a sparse
+                       SINDy-with-control model (:func:`~ddcontrol.baselines.sindy.select_sindy`)
+``"best-window"``      replay of the least-cost training window (:func:`best_window`)
+=====================  ==========================================================================
+
+The data-driven ones are identified from exactly the training data, with their
+hyper-parameters chosen on held-out trajectories of it (never on test references). The CasADi
+ones need the ``baselines`` extra (``pip install 'ddcontrol[baselines]'``).
 
 All are :class:`Controller` s: ``reset(obs, info)``, then ``act(obs, info) -> u`` once per sample.
 Build one by name with :func:`make_baseline`.

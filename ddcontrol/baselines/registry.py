@@ -27,6 +27,8 @@ BASELINES: dict[str, tuple[bool, str]] = {
     "deepc": (True, "DeePC on the data's mosaic Hankel matrix"),
     "deepc-tuned": (True, "DeePC with (T_ini, λ_g, λ_y, columns) chosen on held-out data"),
     "koopman": (True, "linear MPC on an EDMD (Koopman) model of delay-embedded outputs"),
+    "sindy": (True, "NMPC (CasADi) on a sparse SINDy-with-control model of delay-embedded "
+                    "outputs"),
     "best-window": (True, "open-loop replay of the least-cost training window"),
 }
 
@@ -63,7 +65,7 @@ def make_baseline(name: str, env_id: str, reference: Reference, Q: Any, R: Any, 
     name : str
         One of ``BASELINES``: ``"oracle"``, ``"oracle-casadi"``, ``"oracle-shooting"``,
         ``"lqr"``, ``"lqr-id"``, ``"deepc"``, ``"deepc-tuned"``, ``"koopman"``,
-        ``"best-window"`` (and ``"sindy"`` when listed).
+        ``"sindy"``, ``"best-window"``.
     env_id : str
         Registered environment id (the true dynamics for the model-based ones).
     reference : Reference
@@ -78,7 +80,8 @@ def make_baseline(name: str, env_id: str, reference: Reference, Q: Any, R: Any, 
     **options
         Forwarded to the constructor (e.g. ``t_ini``, ``lambda_g`` for DeePC; ``lag`` for
         lqr-id; ``integral_weight`` for both LQRs; ``max_iterations`` for the oracles;
-        ``delays``, ``observables``, ``ridge`` for koopman). ``deepc`` takes ``tune=True``: its
+        ``delays``, ``observables``, ``ridge`` for koopman; ``delays``, ``library``,
+        ``threshold`` for sindy). ``deepc`` takes ``tune=True``: its
         (λ_g, λ_y, columns) are then chosen by :func:`~ddcontrol.baselines.tuning.tune_deepc`
         on held-out data with the given ``t_ini`` (or, without one, T_ini too, as
         ``"deepc-tuned"`` does; ``"deepc-tuned"`` with a ``t_ini`` keeps it fixed likewise).
@@ -86,13 +89,15 @@ def make_baseline(name: str, env_id: str, reference: Reference, Q: Any, R: Any, 
     Raises
     ------
     UnknownNameError
-        Unknown baseline name or environment id.
+        Unknown baseline name.
+    envs.registry.UnknownEnvironmentError
+        Unknown environment id (a ``ValueError``).
     ConfigurationError
         A data-driven baseline without ``data``.
     NotApplicableError
         The baseline cannot control this system (e.g. LQR on the unicycle).
     """
-    from ddcontrol.data.collect import make_dynamics
+    from envs.registry import make_dynamics
 
     if name not in BASELINES:
         raise UnknownNameError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}")
@@ -120,6 +125,10 @@ def make_baseline(name: str, env_id: str, reference: Reference, Q: Any, R: Any, 
         from ddcontrol.baselines.koopman import KoopmanMPC
 
         return KoopmanMPC(data, reference, Q, R, horizon=horizon, **options)
+    if name == "sindy":
+        from ddcontrol.baselines.sindy import SINDyMPC
+
+        return SINDyMPC(data, reference, Q, R, horizon=horizon, **options)
     dyn = make_dynamics(env_id, env_kwargs)
     best = best_window(data, reference, Q, R, **options)
     return best.controller(reference, Q, R, dyn.input_low, dyn.input_high)

@@ -15,18 +15,27 @@ Experiments:
 * ``koopman``: the held-out choice of the EDMD model (delays, observables, ridge) per system
   (:func:`ddcontrol.baselines.koopman.select_edmd`), same data. Writes
   ``results/koopman_selection.json``.
+* ``guided``: guided diffusion (:func:`ddcontrol.solvers.guided.guided_plan`) against DRGD
+  (the DenoisingTracker's finite-horizon plan) on the same trained denoiser, the same window
+  cost, bounds and start: mass-spring-damper from one initial state (windows = horizon = 30,
+  exact optimum known) and the double pendulum conditioned on a measured past (T_ini = 10,
+  N = 30). Replay cost over the model-based optimum from the true state, replay deviation,
+  time per plan. Models are trained once (``--minutes``) into ``models/guided-<setup>/``.
+  Writes ``results/guided_vs_drgd.json``.
 
 Run (the recorded results)::
 
     python benchmarks/bench_baselines.py --experiment nmpc
     python benchmarks/bench_baselines.py --experiment deepc-tuning
     python benchmarks/bench_baselines.py --experiment koopman
+    python benchmarks/bench_baselines.py --experiment guided --minutes 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -180,9 +189,166 @@ def koopman_experiment(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+GUIDED_SETUPS: dict[str, dict[str, Any]] = {
+    "msd": dict(env="ddcontrol/MassSpringDamper-v0", n=4000, length=30, x0=[0.5, 0.0],
+                excitation=("gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), window=30,
+                t_ini=0, ref="random", R=0.01, sigma=0.05),
+    "pendulum": dict(env="ddcontrol/DoublePendulum-v0", n=3000, length=100, x0=None,
+                     excitation=("mixed", {}), window=40, t_ini=10, ref="swing", R=0.1,
+                     sigma=0.1),
+}
+
+
+def _guided_model(name: str, minutes: float) -> tuple[TrajectoryDataset, Any]:
+    import sys
+
+    from ddcontrol.score import TrainConfig, load_model, train
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_geometry import steps_for_budget
+
+    s = GUIDED_SETUPS[name]
+    folder = DATA / f"guided-{name}"
+    path = folder / "data.npz"
+    if path.exists():
+        data = TrajectoryDataset.load(path)
+    else:
+        exc, params = s["excitation"]
+        data = collect(s["env"], s["n"], s["length"], excitation=exc, excitation_params=params,
+                       initial_states=None if s["x0"] is None else np.array(s["x0"]), seed=0)
+        data.save(path)
+    if not (folder / "checkpoint.pt").exists():
+        cfg = TrainConfig(out=str(folder), window=s["window"], overwrite=True, progress=False)
+        cfg.steps = steps_for_budget(cfg, data, minutes)
+        print(f"training guided-{name}: {cfg.steps} steps (~{minutes} min)", flush=True)
+        train(cfg, data)
+    return data, load_model(folder, dataset=data)
+
+
+def _guided_window_problem(model: Any, data: TrajectoryDataset, problem: Any, t_ini: int,
+                           traj: int, sigma: float) -> tuple[Any, ...]:
+    """What the DenoisingTracker builds for one plan, for guided_plan: the Problem on normalised
+    windows, the pinned mask and values (measured past and current output) and the start."""
+    import torch
+
+    from ddcontrol.manifold import BehaviorManifold
+    from ddcontrol.solvers import Problem
+
+    norm = model.normalizer
+    m, L = data.input_dim, model.window_length
+    C = m + data.output_dim
+    cost = problem.window_cost(norm, past_length=t_ini, start=t_ini, dtype=torch.float32)
+    lo = np.full((L, C), -np.inf)
+    hi = np.full((L, C), np.inf)
+    low = np.asarray(data.metadata["input_low"], float)
+    high = np.asarray(data.metadata["input_high"], float)
+    lo[t_ini:, :m] = (low - norm.mean[:m]) / norm.std[:m]
+    hi[t_ini:, :m] = (high - norm.mean[:m]) / norm.std[:m]
+    prob = Problem(BehaviorManifold(model.denoiser, sigma), cost, cost.egrad,
+                   lower=torch.as_tensor(lo, dtype=torch.float32),
+                   upper=torch.as_tensor(hi, dtype=torch.float32))
+    if t_ini == 0:
+        cands = data.windows(L, stride=data.horizon)
+        mask = values = None
+    else:
+        cands = data.windows(L, stride=max(1, L // 4))
+        block = np.full((t_ini + 1, C), np.nan)
+        block[:t_ini, :m] = data.u[traj, :t_ini]
+        block[:t_ini, m:] = data.y[traj, :t_ini]
+        block[t_ini, m:] = data.y[traj, t_ini]
+        meas = (block - norm.mean) / norm.std
+        mask = torch.zeros(L, C, dtype=torch.bool)
+        mask[: t_ini + 1] = torch.as_tensor(np.isfinite(meas))
+        values = torch.zeros(L, C, dtype=torch.float32)
+        values[: t_ini + 1] = torch.as_tensor(np.nan_to_num(meas), dtype=torch.float32)
+    x = torch.as_tensor(norm.normalize(cands), dtype=torch.float32)
+    score = cost(x)
+    if mask is not None:
+        d = (x - values) * mask
+        score = score + 1e3 * (d * d).sum(dim=(-1, -2))
+    x0 = x[torch.topk(score, 8, largest=False).indices].clone()
+    if mask is not None:
+        x0[:, mask] = values[mask]
+    return prob, cost, mask, values, x0
+
+
+def guided_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from ddcontrol.baselines.oracle import make_oracle
+    from ddcontrol.evaluate.finite_horizon import finite_horizon_experiment
+    from ddcontrol.evaluate.replay import replay
+    from ddcontrol.solvers.guided import guided_plan
+    from ddcontrol.tracking.problem import TrackingProblem
+
+    out: dict[str, Any] = {}
+    for name, s in GUIDED_SETUPS.items():
+        if args.systems and name not in args.systems:
+            continue
+        data, model = _guided_model(name, args.minutes)
+        env, t_ini, R, sigma = s["env"], s["t_ini"], s["R"], s["sigma"]
+        N = model.window_length - t_ini
+        dyn = make_dynamics(env)
+        rows = []
+        for seed in range(args.references):
+            ref = make_reference(s["ref"], env, t_ini + N, **({"seed": seed} if s["ref"] ==
+                                                             "random" else {}))
+            traj = seed  # each reference from another trajectory's start
+            drgd = finite_horizon_experiment(model, data, ref, horizon=N, Q=1.0, R=R,
+                                             trajectory=traj, sigma=sigma, solver="nesterov",
+                                             iterations=args.iterations)
+            problem = TrackingProblem.for_env(env, ref, N, Q=1.0, R=R)
+            prob, cost, mask, values, x0 = _guided_window_problem(model, data, problem, t_ini,
+                                                                  traj, sigma)
+            x_start = data.x[traj, t_ini]
+            u_prev = data.u[traj, t_ini - 1] if t_ini else np.zeros(dyn.input_dim)
+            oracle = make_oracle(dyn, ref, 1.0, R, horizon=N)
+            u_o, y_o = oracle.plan(x_start, ref.window(t_ini, N), u_prev=u_prev)
+            optimum = float(problem.cost(u_o, y_o, t_ini))
+            row = {"seed": seed, "optimum": optimum,
+                   "drgd": {"replay_cost": drgd.summary["replay_cost"],
+                            "ratio": drgd.summary["replay_cost"] / optimum,
+                            "deviation": drgd.summary["manifold_deviation"],
+                            "time_s": drgd.summary["solve_time_s"]}}
+            for label, kw in (("guided", dict(steps=args.guided_steps, sigma_max=0.5)),
+                              ("guided-1", dict(steps=args.guided_steps, sigma_max=1.0)),
+                              ("sampled", dict(steps=args.guided_steps, sigma_max=0.5,
+                                               step_size=0.0))):
+                kw.setdefault("step_size", args.guidance / cost.lipschitz())
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    w, res = guided_plan(prob, x0, mask=mask, values=values, num_samples=8,
+                                         damping=0.1 if mask is not None else 1e-3, seed=seed,
+                                         **kw)
+                elapsed = time.perf_counter() - t0
+                win = model.normalizer.denormalize(w.double().numpy())[t_ini:]
+                u = np.clip(win[:, : dyn.input_dim], dyn.input_low, dyn.input_high)
+                rep = replay(problem, dyn, x_start, u, win[:, dyn.input_dim:],
+                             u_prev=u_prev if t_ini else None, start=t_ini)
+                row[label] = {"replay_cost": rep.true_cost, "ratio": rep.true_cost / optimum,
+                              "predicted_cost": rep.predicted_cost,
+                              "deviation": rep.manifold_deviation, "time_s": elapsed}
+            rows.append(row)
+            print(f"{name} ref {seed}: optimum {optimum:.4g}; " + "; ".join(
+                f"{k} {row[k]['ratio']:.3f}x ({row[k]['time_s']:.2f} s, dev "
+                f"{row[k]['deviation']:.3f})" for k in ("drgd", "guided", "guided-1", "sampled")),
+                flush=True)
+        summary = {k: {"median_ratio": float(np.median([r[k]["ratio"] for r in rows])),
+                       "worst_ratio": float(np.max([r[k]["ratio"] for r in rows])),
+                       "median_deviation": float(np.median([r[k]["deviation"] for r in rows])),
+                       "median_time_s": float(np.median([r[k]["time_s"] for r in rows]))}
+                   for k in ("drgd", "guided", "guided-1", "sampled")}
+        out[name] = {"env": env, "t_ini": t_ini, "horizon": N, "R": R, "sigma": sigma,
+                     "drgd_iterations": args.iterations, "guided_steps": args.guided_steps,
+                     "guidance": args.guidance, "summary": summary, "rows": rows}
+        print(json.dumps(summary, indent=1), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--experiment", choices=("nmpc", "deepc-tuning", "koopman"), required=True)
+    p.add_argument("--experiment", choices=("nmpc", "deepc-tuning", "koopman", "guided"),
+                   required=True)
     p.add_argument("--systems", nargs="*", default=None)
     p.add_argument("--steps", type=int, default=None, help="closed-loop samples (default 200)")
     p.add_argument("--shooting-steps", type=int, default=None,
@@ -190,17 +356,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plan-every", type=int, default=20)
     p.add_argument("--plan-steps", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--minutes", type=float, default=5.0, help="training budget per model")
+    p.add_argument("--references", type=int, default=6)
+    p.add_argument("--iterations", type=int, default=500, help="DRGD iterations")
+    p.add_argument("--guided-steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="guidance step γ in units of 1/L of the window cost")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     fn = {"nmpc": nmpc_experiment, "deepc-tuning": deepc_tuning_experiment,
-          "koopman": koopman_experiment}[args.experiment]
+          "koopman": koopman_experiment, "guided": guided_experiment}[args.experiment]
     result = fn(args)
     result["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
-                         "threads": args.threads}
+                         "cpus": os.cpu_count(), "threads": args.threads,
+                         "load_average_at_end": os.getloadavg()}
     fname = {"nmpc": "nmpc_oracle.json", "deepc-tuning": "deepc_tuning.json",
-             "koopman": "koopman_selection.json"}[args.experiment]
+             "koopman": "koopman_selection.json",
+             "guided": "guided_vs_drgd.json"}[args.experiment]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / fname).write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(f"wrote {RESULTS / fname}")

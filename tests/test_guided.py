@@ -48,7 +48,7 @@ def test_guidance_lowers_the_cost_and_stays_on_the_subspace(subspace, sampler):
     z = torch.linalg.lstsq(basis, (target - mean)[:, None]).solution
     optimum = float(f(mean + (basis @ z).T))
     assert bool((costs[0.2] < costs[0.0]).all())  # every sample improves
-    assert float(costs[0.2].mean()) < optimum * 1.02  # and lands near the best on the subspace
+    assert float(costs[0.2].mean()) < optimum * 1.05  # and lands near the best on the subspace
     assert float(costs[0.0].mean()) > optimum * 1.2
 
 
@@ -72,7 +72,7 @@ def test_inpainting_pins_the_measured_coordinates_and_reaches_the_conditioned_op
     w = np.linalg.lstsq(B[3:] @ N, t[3:] - m[3:] - B[3:] @ zp, rcond=None)[0]
     x_opt = m + B @ (zp + N @ w)
     optimum = float(((x_opt - t)[3:] ** 2).sum())
-    assert float(res[0.2].cost.mean()) == pytest.approx(optimum, rel=5e-3)
+    assert float(res[0.2].cost.mean()) == pytest.approx(optimum, rel=1e-2)
     assert float(res[0.0].cost.mean()) > 1.1 * optimum
 
 
@@ -114,3 +114,12 @@ def test_guided_runs_on_cuda(subspace):
         Problem(BehaviorManifold(den.cpu(), 0.01), *quadratic(target)), initial_point=x0)
     gpu = GuidedDiffusion(0.2, max_iterations=10).run(problem, initial_point=x0.cuda())
     torch.testing.assert_close(gpu.point.cpu(), cpu.point, rtol=1e-9, atol=1e-9)
+
+
+def test_accepts_the_drgd_annealing_keywords_as_its_schedule(subspace):
+    den, basis, mean, target, x0 = subspace
+    problem = Problem(BehaviorManifold(den, 0.01), *quadratic(target))
+    res = GuidedDiffusion(0.1, sigma_start=0.7, anneal_iterations=5, max_iterations=8,
+                          check_every=50, min_gradient_norm=0.0).run(problem,
+                                                                      initial_point=x0[:2])
+    assert res.history["sigma"][0] == pytest.approx(0.7) and res.iterations == 8

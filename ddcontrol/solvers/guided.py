@@ -29,8 +29,8 @@ coordinates). Every prediction and the final point carry the measurements exactl
 Start: ``x_0 = initial_point + σ_0 ε`` (SDEdit): the denoisers here are trained for σ ≤ 1
 (normalised units), so sampling starts from a candidate window or the previous plan, not from pure
 noise. Schedule: Karras' ρ-schedule from ``sigma_max`` to the problem manifold's σ in
-``max_iterations`` steps (``max_iterations + 1`` levels; the last level's guided prediction is the
-result).
+``max_iterations`` steps (``max_iterations + 1`` levels); the result is the last level's
+projection ``clamp(D(x, σ))`` without a guidance step (with the pinned-coordinate correction).
 
 :class:`GuidedDiffusion` is a :class:`~ddcontrol.solvers.base.Solver` (same ``run(problem,
 initial_point=...)``, same :class:`~ddcontrol.solvers.result.SolverResult`, history per level,
@@ -92,7 +92,9 @@ class GuidedDiffusion(Solver):
     **criteria
         Of :class:`~ddcontrol.solvers.base.Solver`: ``max_iterations`` (= schedule steps,
         default 20), ``max_time``, ``record_history``, … ``min_gradient_norm`` defaults to 0
-        here (a sampler runs its schedule to the end).
+        here (a sampler runs its schedule to the end). ``sigma_start`` (DRGD's annealing start)
+        is accepted as ``sigma_max``, and ``anneal_iterations`` is ignored, so a caller can
+        build it with the other solvers' keywords.
     """
 
     name = "GuidedDiffusion"
@@ -103,9 +105,12 @@ class GuidedDiffusion(Solver):
         criteria.setdefault("max_iterations", 20)
         criteria.setdefault("min_gradient_norm", 0.0)
         criteria.setdefault("check_every", max(1, criteria["max_iterations"]))
-        if criteria.get("sigma_start") is not None:
-            raise ConfigurationError("GuidedDiffusion has its own schedule: use sigma_max, not "
-                                     "sigma_start")
+        # The DRGD solvers' σ annealing (sigma_start, anneal_iterations) maps onto the schedule:
+        # a sigma_start given by a caller that builds every solver alike is the top level.
+        sigma_start = criteria.pop("sigma_start", None)
+        criteria.pop("anneal_iterations", None)
+        if sigma_start is not None:
+            sigma_max = sigma_start
         super().__init__(**criteria)
         self.step_size = check_positive_float(step_size, "step_size", allow_zero=True)
         self.sigma_max = check_positive_float(sigma_max, "sigma_max")
@@ -177,7 +182,8 @@ class GuidedDiffusion(Solver):
         f, g = ctx.problem.cost_and_egrad(p)
         return Evaluation(y.detach(), p, f, g, Linearization(yr, out))
 
-    def _guided(self, ctx: _Context, ev: Evaluation) -> tuple[Tensor, Tensor]:
+    def _guided(self, ctx: _Context, ev: Evaluation, guide: bool = True
+                ) -> tuple[Tensor, Tensor]:
         """Guided prediction and the guidance direction (both shaped like the point).
 
         Unconditioned: ``clamp(D − γ D'ᵀ∇f)``. Conditioned: the guidance restricted to the
@@ -186,11 +192,12 @@ class GuidedDiffusion(Solver):
         (ConditionedDRGD's step, applied to the prediction), then the clean values pinned.
         """
         p = ev.point
+        gamma = self.step_size if guide else 0.0
         if self.mask is None:
-            if not self.step_size:
+            if not gamma:
                 return p, torch.zeros_like(p)
             grad = ev.lin.vjp(ev.egrad)
-            return self._clamp(ctx, p - self.step_size * grad), grad
+            return self._clamp(ctx, p - gamma * grad), grad
         b, idx = p.shape[0], self._index.to(p.device)
         n_pin, d = idx.numel(), p[0].numel()
         cot = torch.zeros(b, n_pin + 1, d, dtype=p.dtype, device=p.device)
@@ -210,14 +217,16 @@ class GuidedDiffusion(Solver):
         grad = jac[:, 0] - along_rows(jac[:, 0][:, idx])
         vals = self.values.to(device=p.device, dtype=p.dtype).expand_as(p).reshape(b, d)
         pf = p.reshape(b, d)
-        move = self.step_size * grad + along_rows(pf[:, idx] - vals[:, idx])
+        move = gamma * grad + along_rows(pf[:, idx] - vals[:, idx])
         out = self._clamp(ctx, (pf - move).reshape(p.shape))
         return self._pin(out, 0.0), grad.reshape(p.shape)
 
     def _iterate(self, ctx: _Context, state: dict[str, Any], ev: Evaluation, k: int,
                  sigma: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         levels = self._levels
-        p, grad = self._guided(ctx, ev)
+        # The last level returns the projection itself: a guidance step there would leave the
+        # manifold by a tangent step (exactly on it only where the manifold is flat).
+        p, grad = self._guided(ctx, ev, guide=k + 1 < len(levels))
         if self.mask is not None or self.step_size:
             f = ctx.problem.cost(p).detach()  # the reported point is the guided prediction
         else:

@@ -123,10 +123,11 @@ def _plot_paths(result: Any, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     path = RESULTS / f"{args.results}.json"
-    old = json.loads(path.read_text()) if path.exists() and not args.fresh else {"rows": []}
-    # A rerun replaces the rows of the runs it repeats (same system, reference, seed and
-    # controller) and keeps the others: controllers can be run separately.
-    rows = old.get("rows", [])
+    if args.fresh:
+        path.unlink(missing_ok=True)
+    # This run's rows replace those of the runs it repeats (same system, reference, seed and
+    # controller) and every other row on disk is kept: controllers can be run separately.
+    rows: list[dict[str, Any]] = []
     for system in args.systems:
         spec = SYSTEMS[system]
         env, d = spec["env"], system_defaults(spec["env"])
@@ -142,6 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 label = _label(ref_name, params)
                 opts = d.tracker_options(ref.dt)
                 opts["device"] = args.device
+                if args.iteration_limited:
+                    opts["step_time_budget"] = None
                 factories = {n: partial(make_controller, n, env, ref, d.Q, d.R,
                                         horizon=d.horizon, data=data, model=model, t_ini=d.t_ini,
                                         options=opts if n == "denoising" else None)
@@ -211,10 +214,19 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _key(r: dict[str, Any]) -> tuple:
+    return r["system"], r["reference"], r["seed"], r["controller"]
+
+
 def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    # Merge with what is on disk now: suites of other controllers may run at the same time.
+    mine = {_key(r) for r in rows}
+    disk = json.loads(path.read_text()).get("rows", []) if path.exists() else []
+    rows = sorted(rows + [r for r in disk if _key(r) not in mine], key=_key)
     doc = {"command": "python benchmarks/bench_closed_loop_suite.py " + " ".join(sys.argv[1:]),
            "threads": torch.get_num_threads(), "train_steps": args.train_steps,
-           "steps": args.steps, "summary": summarise(rows), "rows": rows}
+           "steps": args.steps, "iteration_limited": args.iteration_limited,
+           "summary": summarise(rows), "rows": rows}
     atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1, default=str).encode()))
     lines = ["| system | reference | seed | controller | cost / oracle | cost / DeePC | RMS error "
              "| solve p95 [ms] | dt [ms] | status |", "|" + "---|" * 10]
@@ -227,6 +239,58 @@ def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> 
                      f"{f(r['solve_p95_ms'])} | {f(r['dt_ms'])} | {status} |")
     atomic_write(path.with_suffix(".md"), lambda fh: fh.write(("\n".join(lines) + "\n").encode()))
     return doc
+
+
+def merge(names: list[str]) -> dict[str, Any]:
+    """Fold the rows of ``results/<name>.json`` (controllers run separately, e.g. one process per
+    seed) into ``closed_loop_suite.json`` and draw every controller's path per run (unicycle)
+    from their episodes in ``results/suite/<name>/<run>/results.json``."""
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        rows += json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+    path = RESULTS / "closed_loop_suite.json"
+    args = argparse.Namespace(train_steps=None, steps=None, iteration_limited=None)
+    doc = _write(path, rows, args)
+    runs = {}
+    for name in ["."] + names:
+        for res in sorted((RESULTS / "suite" / name).glob("*/results.json")):
+            runs.setdefault(res.parent.name, []).append(json.loads(res.read_text()))
+    for run, parts in runs.items():
+        if not run.startswith("unicycle"):
+            continue
+        merged = {k: v for p in parts for k, v in p["episodes"].items()}
+        _plot_path_dict(parts[0], merged, RESULTS / "suite" / run)
+    return doc
+
+
+def _plot_path_dict(result: dict[str, Any], episodes: dict[str, Any], out: Path) -> None:
+    """x-y paths of every controller of one run, from results.json dictionaries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    system = out.name.split("-")[0]
+    label = out.name[len(system) + 1:].rsplit("-s", 1)[0]
+    ref = next(make_reference(n, result["env_id"], result["steps"], **dict(prm))
+               for n, prm in SYSTEMS[system]["references"] if _label(n, dict(prm)) == label)
+    ch = result["reference_channels"]
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(ref.values[:, 0], ref.values[:, 1], "k--", lw=2, label="reference")
+    for name, eps in sorted(episodes.items()):
+        y = np.asarray(eps[0]["outputs"])
+        if y.size:
+            ax.plot(y[:, ch[0]], y[:, ch[1]], lw=1.4, label=name)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x [m]")
+    ax.set_ylabel("y [m]")
+    ax.set_title(out.name, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "paths_all.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -243,8 +307,16 @@ def main() -> None:
                    help="name of the results files in benchmarks/results/")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--fresh", action="store_true", help="drop earlier rows of every system")
+    p.add_argument("--fresh", action="store_true", help="drop every earlier row")
+    p.add_argument("--iteration-limited", action="store_true",
+                   help="no per-step time budget (each step runs its iterations): for a machine "
+                        "shared with other jobs, where wall-clock budgets measure the load")
+    p.add_argument("--merge", nargs="+", metavar="NAME",
+                   help="only fold results/NAME.json files (separate runs) into the suite file")
     args = p.parse_args()
+    if args.merge:
+        print(json.dumps(merge(args.merge)["summary"], indent=1))
+        return
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     doc = run(args)

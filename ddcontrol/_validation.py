@@ -43,3 +43,25 @@ def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> 
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigurationError(f"{name} must be finite and {bound}, got {value!r}")
     return val
+
+
+def check_device(device: Any, name: str = "device") -> Any:
+    """Return ``device`` as a ``torch.device``, raising ``ConfigurationError`` unless it is cpu or
+    an available CUDA device (``"cuda"``, ``"cuda:N"``)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{name} must be cpu or cuda (or cuda:N), got {device!r}"
+                                 ) from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigurationError(f"{name} must be cpu or cuda (or cuda:N), got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(f"{name} {str(device)!r} requested but CUDA is not available "
+                                     "(no GPU, or a CPU-only torch build); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigurationError(f"{name} {str(device)!r}: only {torch.cuda.device_count()} "
+                                     "CUDA device(s)")
+    return dev

@@ -14,6 +14,8 @@ __all__ = [
     "CheckpointError",
     "UnknownNameError",
     "ConfigurationError",
+    "WriteError",
+    "TrainingInterrupted",
 ]
 
 
@@ -43,3 +45,22 @@ class UnknownNameError(DDControlError, ValueError):
 
 class ConfigurationError(DDControlError, ValueError):
     """A parameter value is out of its valid range (negative count, non-positive step...)."""
+
+
+class WriteError(DDControlError, OSError):
+    """An output file or folder cannot be written (its parent is a file, no permission, disk
+    full...), or the output path names a folder where a file is expected."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (SIGINT) after saving a consistent checkpoint.
+
+    A ``KeyboardInterrupt``, so ``except KeyboardInterrupt`` keeps working. ``step`` is the last
+    completed step and ``checkpoint`` the file saved (None without an output folder).
+    """
+
+    def __init__(self, step: int, checkpoint: str | None) -> None:
+        self.step, self.checkpoint = int(step), checkpoint
+        where = (f"checkpoint saved to {checkpoint}; continue with resume=True" if checkpoint
+                 else "nothing saved (no output folder)")
+        super().__init__(f"training interrupted at step {self.step}; {where}")

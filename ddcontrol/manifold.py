@@ -47,6 +47,39 @@ class Linearization:
                                       retain_graph=retain_graph)
         return grad
 
+    def vjps(self, u: Tensor, *, vectorize: bool = True, retain_graph: bool = False) -> Tensor:
+        """Return v'(x)ᵀ u_j for n cotangents at once, shape (n, *x.shape).
+
+        Parameters
+        ----------
+        u : Tensor, shape (n, *output.shape)
+            The cotangents, stacked along a new leading axis.
+        vectorize : bool
+            True: one backward pass vectorised over the n cotangents (``torch.func.vmap`` of
+            ``torch.autograd.grad``), so the forward is shared and never repeated. False: a
+            Python loop of n backward passes over the same graph (works for any differentiable
+            denoiser, also one whose operations vmap does not support).
+        retain_graph : bool
+            Keep the graph for further VJPs (it is freed otherwise).
+        """
+        if u.ndim != self.output.ndim + 1 or u.shape[1:] != self.output.shape:
+            raise DimensionError(f"cotangents must have shape (n, *{tuple(self.output.shape)}), "
+                                 f"got {tuple(u.shape)}")
+        if vectorize:
+            # functorch's vmap, not ``is_grads_batched`` (torch's legacy vmap), which has no
+            # batching rule for SiLU's backward and loops over the cotangents there.
+            def vjp(v: Tensor) -> Tensor:
+                (grad,) = torch.autograd.grad(self.output, self.x, grad_outputs=v,
+                                              retain_graph=retain_graph)
+                return grad
+
+            return torch.func.vmap(vjp)(u)
+        n = u.shape[0]
+        if n == 0:
+            return self.x.new_zeros((0, *self.x.shape))
+        return torch.stack([self.vjp(u[j], retain_graph=retain_graph or j < n - 1)
+                            for j in range(n)])
+
 
 def _check_batch(x: object, name: str) -> Tensor:
     if not isinstance(x, Tensor):

@@ -224,7 +224,7 @@ def _declared(metadata: dict[str, Any]) -> dict[str, Any] | None:
     if not env_id:
         return None
     try:
-        from ddcontrol.data.collect import make_dynamics
+        from envs.registry import make_dynamics
 
         dyn = make_dynamics(env_id, metadata.get("env_kwargs"))
     except Exception:  # an environment without ddcontrol dynamics declares nothing

@@ -30,6 +30,7 @@ from envs.dynamics import (
 )
 from envs.errors import EnvConfigurationError, EnvError, InvalidActionError, InvalidStateError
 from envs.linear import LinearSystemEnv
+from envs.registry import UnknownEnvironmentError, make_dynamics
 from envs.unicycle import UnicycleEnv
 
 ENV_IDS: dict[str, tuple[str, dict]] = {
@@ -68,4 +69,6 @@ __all__ = [
     "InvalidActionError",
     "InvalidStateError",
     "EnvConfigurationError",
+    "UnknownEnvironmentError",
+    "make_dynamics",
 ]

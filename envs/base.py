@@ -9,7 +9,21 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.dynamics import Dynamics
-from envs.errors import InvalidActionError, InvalidStateError
+from envs.errors import EnvConfigurationError, InvalidActionError, InvalidStateError
+
+
+def _real_array(value: Any, what: str, error: type[Exception]) -> np.ndarray:
+    """``value`` as a float64 array; raise ``error`` unless it holds real numbers (no strings,
+    booleans or complex values, which a float cast would silently change)."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nested sequences
+        raise error(f"{what} must be an array of real numbers, got {type(value).__name__}"
+                    ) from exc
+    if arr.dtype.kind not in "iuf":
+        raise error(f"{what} must hold real numbers, got {type(value).__name__} of dtype "
+                    f"{arr.dtype}")
+    return arr.astype(np.float64)
 
 
 class SimulatorEnv(gym.Env):
@@ -29,6 +43,9 @@ class SimulatorEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, "
                              f"got {render_mode!r}")
+        if np.any(np.asarray(dynamics.input_low) > np.asarray(dynamics.input_high)):
+            raise EnvConfigurationError(f"input_low must be <= input_high, got "
+                                        f"{dynamics.input_low} and {dynamics.input_high}")
         self.dynamics = dynamics
         self.dt = dynamics.dt
         self.render_mode = render_mode
@@ -51,7 +68,7 @@ class SimulatorEnv(gym.Env):
         super().reset(seed=seed)
         options = options or {}
         if "state" in options and options["state"] is not None:
-            state = np.asarray(options["state"], dtype=np.float64)
+            state = _real_array(options["state"], "initial state", InvalidStateError)
             if state.shape != (self.dynamics.state_dim,):
                 raise InvalidStateError(f"initial state must have shape "
                                         f"({self.dynamics.state_dim},), got {state.shape}")
@@ -111,10 +128,7 @@ class SimulatorEnv(gym.Env):
                 "applied_action": self._u_prev.copy()}
 
     def _check_action(self, action: Any) -> np.ndarray:
-        try:
-            u = np.asarray(action, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise InvalidActionError(f"action must be numeric, got {type(action).__name__}") from exc
+        u = _real_array(action, "action", InvalidActionError)
         m = self.dynamics.input_dim
         if u.shape == () and m == 1:
             u = u.reshape(1)

@@ -82,7 +82,7 @@ def tiny_model(tmp_path_factory):
     """A dataset and a tiny model (a few seconds of training): pipeline plumbing, not quality."""
     root = tmp_path_factory.mktemp("tiny")
     data_path = root / "msd.npz"
-    assert main(["generate", "--env", MSD, "--trajectories", "80", "--horizon", "40",
+    assert main(["generate", "--env", MSD, "--trajectories", "80", "--length", "40",
                  "--out", str(data_path), "--quiet"]) == 0
     assert main(["train", "--data", str(data_path), "--out", str(root / "model"), "--window",
                  "15", "--steps", "60", "--width", "64", "--depth", "2", "--no-progress",
@@ -108,6 +108,10 @@ def test_track_cli_finite_horizon_and_closed_loop(tiny_model, tmp_path):
                  "--step-time-budget", "5", "--threads", "1", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert len(res["per_step"]["solve_time_s"]) == 12 and not res["failed"]
+    # One results.json holds the summary and the comparison (it was overwritten without them).
+    assert [r["controller"] for r in res["table"]] == ["denoising"]
+    assert not res["table"][0]["failed"] and len(res["episodes"]["denoising"][0]["outputs"]) == 12
+    assert (out / "table.md").read_text().count("| ok |") == 1
     with pytest.raises(SystemExit, match="--threads"):
         main(["track", "--model", str(model_dir), "--reference", "step", "--threads", "0",
               "--out", str(out)])
@@ -122,6 +126,9 @@ def test_compare_cli_with_the_tracker(tiny_model, tmp_path):
     assert rc == 0
     payload = json.loads((out / "results.json").read_text())
     assert [r["controller"] for r in payload["table"]] == ["denoising", "deepc", "oracle"]
+    # A controller that crashes still gets a row: none of these may have failed.
+    assert [r["error"] for r in payload["table"] if r["failed"]] == []
+    assert all(np.isfinite(r["rms_error"]) for r in payload["table"])
     assert (out / "outputs.png").exists()
 
 
@@ -131,6 +138,7 @@ def test_demo_quick(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert {r["controller"] for r in res["table"]} == {"denoising", "deepc", "lqr", "lqr-id",
                                                        "oracle"}
+    assert [r["controller"] for r in res["table"] if r["failed"]] == []
     assert "finite_horizon" in res and "timings" in res
     for png in ("outputs.png", "inputs.png", "training_loss.png", "dataset.png",
                 "finite_horizon/cost_per_iteration.png"):

@@ -34,7 +34,9 @@ def test_every_example_is_listed_and_tested():
 
 def test_track_in_closed_loop(tmp_path):
     r = load_example("track_in_closed_loop").run(quick=True, out=tmp_path)
-    assert math.isfinite(r["rms_error"]) and r["rms_error"] >= 0
+    # Tracks at all: a diverging or saturated loop is far off the reference (zero input gives
+    # about reference_rms).
+    assert 0 < r["rms_error"] < 1.5 * r["reference_rms"]
     assert r["steps"] == 40 and r["mean_solve_ms"] > 0
     assert Path(r["plot"]).is_file() and Path(r["plot"]).stat().st_size > 1000
 
@@ -44,7 +46,10 @@ def test_paper_finite_horizon(tmp_path):
     assert set(results) == {"pendulum", "unicycle"}
     for r in results.values():
         for key in ("predicted_cost", "replay_cost", "best_training_cost", "manifold_deviation"):
-            assert math.isfinite(r[key]) and r[key] >= 0, key
+            assert math.isfinite(r[key]) and r[key] > 0, key
+        # Started at the best training window and lowered the model's cost from there.
+        assert r["initial_cost"] == pytest.approx(r["best_training_cost"], rel=1e-3)
+        assert r["predicted_cost"] < r["initial_cost"]
         assert r["horizon"] == 20 and r["iterations"] > 0
         assert Path(r["plot"]).is_file()
     assert (tmp_path / "results.json").is_file()
@@ -52,36 +57,17 @@ def test_paper_finite_horizon(tmp_path):
 
 def test_bring_your_own_system(tmp_path):
     module = load_example("bring_your_own_system")
-    import gymnasium as gym
-
-    data = module.collect_from_env(lambda: gym.make("Pendulum-v1"), 3, 7, seed=4,
-                                   env_id="Pendulum-v1")
-    assert (data.u.shape, data.y.shape, data.x.shape) == ((3, 7, 1), (3, 7, 3), (3, 8, 3))
-    assert data.metadata["env_id"] == "Pendulum-v1" and data.dt == pytest.approx(0.05)
-    # x is the observation sequence padded to T + 1: its first T samples are y.
-    assert (data.x[:, :7] == data.y).all()
-
     r = module.run(quick=True, out=tmp_path)
+    # The recorded episodes replay exactly in the env (same seed, same inputs).
+    assert r["replay_check"] == 0.0
     for key in ("predicted_cost", "replay_cost", "zero_input_cost", "output_deviation",
                 "closed_loop_cost", "closed_loop_zero_input_cost", "final_abs_theta_dot"):
-        assert math.isfinite(r[key]) and r[key] >= 0, key
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    # The plan lowers the model's cost, and the closed loop beats doing nothing.
+    assert r["predicted_cost"] < r["initial_cost"]
+    assert r["closed_loop_cost"] < r["closed_loop_zero_input_cost"]
     assert [Path(p).name for p in r["plots"]] == ["pendulum_plan.png", "pendulum_closed_loop.png"]
     assert all(Path(p).is_file() for p in r["plots"])
-
-
-def test_bring_your_own_system_replay_is_deterministic():
-    """The verification relies on a fresh env with the same seed starting from the same state."""
-    module = load_example("bring_your_own_system")
-    import gymnasium as gym
-    import numpy as np
-
-    inputs = np.linspace(-2, 2, 12)[:, None]
-    runs = []
-    for _ in range(2):
-        env = gym.make("Pendulum-v1")
-        obs, _ = env.reset(seed=3)
-        runs.append(module.step_env(env, obs, inputs)[0])
-    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_sphere_optimisation(tmp_path):

@@ -23,4 +23,6 @@ def test_quick_tour_runs():
     code = code.replace("print(compare(", "result = (compare(")
     namespace: dict = {}
     exec(compile(code, "README quick tour", "exec"), namespace)  # noqa: S102
-    assert "| denoising |" in namespace["result"]
+    rows = [line for line in namespace["result"].splitlines() if line.startswith("| denoising |")]
+    # compare() writes a row for a controller that crashed too: its status must be "ok".
+    assert len(rows) == 1 and rows[0].rstrip().endswith("| ok |"), rows

@@ -16,7 +16,8 @@ MIMO = "ddcontrol/CoupledMasses-v0"
 
 
 @pytest.mark.parametrize("name, system", [("step", MIMO), ("sine", MIMO), ("random", MIMO),
-                                          ("figure-eight", UNICYCLE), ("swing", PENDULUM)])
+                                          ("figure-eight", UNICYCLE), ("circle", UNICYCLE),
+                                          ("swing", PENDULUM)])
 def test_named_references_shapes_and_channels(name, system):
     ref = make_reference(name, system, 80)
     assert ref.values.shape == (80, ref.tracked_dim)
@@ -81,7 +82,7 @@ def test_reference_errors():
         Reference(np.zeros((5, 1)), (3,), 2)
     with pytest.raises(DimensionError):
         as_reference(make_reference("step", 2, 5), output_dim=3)
-    assert set(REFERENCES) == {"step", "sine", "random", "figure-eight", "swing"}
+    assert set(REFERENCES) == {"step", "sine", "random", "figure-eight", "circle", "swing"}
 
 
 def test_tracking_cost_matches_loop_and_batches():

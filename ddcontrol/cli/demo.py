@@ -10,10 +10,10 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from ddcontrol.cli._args import add_threads_argument, set_threads
+from ddcontrol._validation import check_device
+from ddcontrol.cli._args import add_threads_argument, nonnegative_int, output_folder, set_threads
 from ddcontrol.data import collect
 from ddcontrol.evaluate.compare import compare, write_comparison
 from ddcontrol.evaluate.controllers import make_controller
@@ -61,7 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--env", default="ddcontrol/MassSpringDamper-v0", choices=sorted(PRESETS),
                    help="system (default: the mass-spring-damper)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, training and episodes")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of data, training and episodes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (training and the tracker)")
     add_threads_argument(p)
     p.add_argument("--quick", action="store_true", help="a tiny budget (seconds; for tests)")
@@ -75,12 +76,12 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     set_threads(args)
+    check_device(args.device, "--device")
     preset = PRESETS[args.env]
     if args.quick:
         preset = replace(preset, trajectories=120, trajectory_length=50, train_steps=150,
                          closed_loop_steps=30, horizon=10, t_ini=preset.t_ini)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
     timings: dict[str, float] = {}
 
     print(f"[1/4] generating {preset.trajectories} trajectories of {args.env}")

@@ -3,6 +3,7 @@
 from ddcontrol.data.collect import collect, make_dynamics
 from ddcontrol.data.dataset import FORMAT_VERSION, TrajectoryDataset
 from ddcontrol.data.excitation import EXCITATIONS, get_excitation
+from ddcontrol.data.gym_env import EnvSimulator
 from ddcontrol.data.normalize import Normalizer
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "Normalizer",
     "EXCITATIONS",
     "get_excitation",
+    "EnvSimulator",
 ]

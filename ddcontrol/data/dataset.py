@@ -7,7 +7,10 @@ key                shape                 meaning
 =================  ====================  ===============================================
 ``u``              (N, T, m)             applied inputs (physical units)
 ``y``              (N, T, p)             measured outputs, ``y[:, k]`` sampled before ``u[:, k]``
-``x``              (N, T + 1, n_x)       true states (for replay verification only)
+``x``              (N, T + 1, n_x)       true states (for replay verification only); what they
+                                         are is ``metadata["state_source"]``: a foreign
+                                         env's observations (``"observations"``), or
+                                         nothing (n_x = 0, ``"none"``: measured data)
 ``norm_mean``      (m + p,)              per-channel mean of (u, y)
 ``norm_std``       (m + p,)              per-channel standard deviation of (u, y)
 ``metadata``       () str                JSON: env id and kwargs, dt, channel names, excitation
@@ -29,7 +32,13 @@ import numpy as np
 
 from ddcontrol._io import atomic_write
 from ddcontrol.data.normalize import Normalizer
-from ddcontrol.errors import ConfigurationError, DataFormatError, DimensionError, NonFiniteError
+from ddcontrol.errors import (
+    ConfigurationError,
+    DataFormatError,
+    DimensionError,
+    NonFiniteError,
+    WriteError,
+)
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("u", "y", "x", "norm_mean", "norm_std", "metadata")
@@ -81,6 +90,8 @@ class TrajectoryDataset:
         elif self.normalizer.channels != self.channels:
             raise DimensionError(f"normaliser has {self.normalizer.channels} channels, data has "
                                  f"{self.channels}")
+        else:
+            _check_statistics(self.normalizer)
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -88,7 +99,13 @@ class TrajectoryDataset:
         return int(self.u.shape[0])
 
     @property
+    def length(self) -> int:
+        """T, the number of samples of each trajectory."""
+        return int(self.u.shape[1])
+
+    @property
     def horizon(self) -> int:
+        """The old name of :attr:`length` (kept as an alias; "horizon" is the planning horizon)."""
         return int(self.u.shape[1])
 
     @property
@@ -182,10 +199,60 @@ class TrajectoryDataset:
                             sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 
+    # -- measured data (no simulator; see ddcontrol.data.tabular) ------------------------------
+    @classmethod
+    def from_arrays(cls, u: Any, y: Any, *, dt: float = 1.0, input_names: Any = None,
+                    output_names: Any = None, input_low: Any = None, input_high: Any = None,
+                    truncate: bool = False, metadata: dict[str, Any] | None = None
+                    ) -> TrajectoryDataset:
+        """Measured inputs ``u`` (N, T, m) and outputs ``y`` (N, T, p) (or one (T, ·) experiment,
+        or lists of (T_i, ·) arrays): see :func:`ddcontrol.data.tabular.dataset_from_arrays`."""
+        from ddcontrol.data.tabular import dataset_from_arrays
+
+        return dataset_from_arrays(u, y, dt=dt, input_names=input_names,
+                                   output_names=output_names, input_low=input_low,
+                                   input_high=input_high, truncate=truncate, metadata=metadata)
+
+    @classmethod
+    def from_csv(cls, paths: Any, *, inputs: Any, outputs: Any, time: str | None = None,
+                 episode: str | None = None, dt: float | None = None, input_low: Any = None,
+                 input_high: Any = None, truncate: bool = False) -> TrajectoryDataset:
+        """One CSV file per experiment, or one with an ``episode`` column; columns by name: see
+        :func:`ddcontrol.data.tabular.dataset_from_csv` (no pandas needed)."""
+        from ddcontrol.data.tabular import dataset_from_csv
+
+        return dataset_from_csv(paths, inputs=inputs, outputs=outputs, time=time,
+                                episode=episode, dt=dt, input_low=input_low,
+                                input_high=input_high, truncate=truncate)
+
+    @classmethod
+    def from_dataframe(cls, frames: Any, *, inputs: Any, outputs: Any, time: str | None = None,
+                       episode: str | None = None, dt: float | None = None,
+                       input_low: Any = None, input_high: Any = None, truncate: bool = False
+                       ) -> TrajectoryDataset:
+        """One pandas frame per experiment, or one with an ``episode`` column: see
+        :func:`ddcontrol.data.tabular.dataset_from_frames`."""
+        from ddcontrol.data.tabular import dataset_from_frames
+
+        return dataset_from_frames(frames, inputs=inputs, outputs=outputs, time=time,
+                                   episode=episode, dt=dt, input_low=input_low,
+                                   input_high=input_high, truncate=truncate)
+
+    @classmethod
+    def from_minari(cls, dataset: Any, **kwargs: Any) -> TrajectoryDataset:
+        """A Minari dataset (an id of a locally stored one, or a ``MinariDataset``): see
+        :func:`ddcontrol.data.minari_io.from_minari` (needs ``pip install ddcontrol[minari]``)."""
+        from ddcontrol.data.minari_io import from_minari
+
+        return from_minari(dataset, **kwargs)
+
     # -- files --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the dataset atomically (temporary file in the same folder, then rename)."""
         path = Path(path)
+        if path.is_dir():  # not DIR.npz beside it
+            raise WriteError(f"cannot save the dataset to {path}: it is a folder; give a file "
+                             "name")
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(
                 ".npz")
@@ -209,7 +276,11 @@ class TrajectoryDataset:
         if not path.is_file():
             raise DataFormatError(f"dataset file not found: {path}")
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise DataFormatError(f"cannot open dataset {path}: {exc.strerror or exc}") from exc
+        try:
+            with fh, np.load(fh, allow_pickle=False) as npz:
                 missing = [k for k in _REQUIRED_KEYS if k not in npz.files]
                 if missing:
                     raise DataFormatError(f"{path} is not a ddcontrol dataset: missing {missing}")
@@ -223,16 +294,75 @@ class TrajectoryDataset:
             meta = json.loads(str(arrays["metadata"]))
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{path}: metadata is not valid JSON") from exc
+        if not isinstance(meta, dict):
+            raise DataFormatError(f"{path}: metadata must be a JSON object, got "
+                                  f"{type(meta).__name__}")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise DataFormatError(f"{path}: format version {version}, this ddcontrol reads "
                                   f"version {FORMAT_VERSION}; regenerate the dataset")
+        _check_file_contents(path, arrays, meta)
         try:
-            norm = Normalizer(mean=arrays["norm_mean"], std=arrays["norm_std"],
+            norm = Normalizer(mean=arrays["norm_mean"].astype(np.float64),
+                              std=arrays["norm_std"].astype(np.float64),
                               input_dim=int(arrays["u"].shape[-1]))
             return cls(arrays["u"], arrays["y"], arrays["x"], meta, norm)
-        except (DimensionError, NonFiniteError) as exc:
+        except (DimensionError, NonFiniteError, ConfigurationError) as exc:
             raise DataFormatError(f"{path}: {exc}") from exc
+
+
+def _check_statistics(norm: Normalizer) -> None:
+    """A given normaliser must map data to finite values: finite means, finite std > 0."""
+    mean, std = np.asarray(norm.mean), np.asarray(norm.std)
+    if mean.shape != std.shape:
+        raise DimensionError(f"norm_mean {mean.shape} and norm_std {std.shape} disagree")
+    if not np.all(np.isfinite(mean)):
+        raise NonFiniteError(f"norm_mean contains NaN or inf (channels "
+                             f"{np.flatnonzero(~np.isfinite(mean)).tolist()})")
+    bad = np.flatnonzero(~(np.isfinite(std) & (std > 0)))
+    if bad.size:
+        raise ConfigurationError(f"norm_std must be finite and > 0; channels {bad.tolist()} have "
+                                 f"{std[bad].tolist()} (a normalisation by them turns every "
+                                 "window into NaN or inf)")
+
+
+# Metadata entries the package reads, and the JSON types they must have.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "env_id": (str,), "env_kwargs": (dict,), "dt": (int, float), "input_names": (list,),
+    "output_names": (list,), "input_low": (list, int, float), "input_high": (list, int, float),
+}
+
+
+def _check_file_contents(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Raise ``DataFormatError`` naming the field of a crafted or damaged file's first defect."""
+    for key in ("u", "y", "x", "norm_mean", "norm_std"):
+        if arrays[key].dtype.kind not in "biuf":
+            raise DataFormatError(f"{path}: {key} must hold real numbers, got dtype "
+                                  f"{arrays[key].dtype}")
+    for key, ndim in (("u", 3), ("y", 3), ("x", 3), ("norm_mean", 1), ("norm_std", 1)):
+        if arrays[key].ndim != ndim:
+            raise DataFormatError(f"{path}: {key} must have {ndim} dimension(s), got shape "
+                                  f"{arrays[key].shape}")
+    for key in ("u", "y", "x"):
+        shape = arrays[key].shape
+        if 0 in shape[: 2 if key == "x" else 3]:  # x may have no channels (measured data)
+            what = ("trajectories", "time steps", "channels")[shape.index(0)]
+            raise DataFormatError(f"{path}: {key} has shape {shape}: zero {what}")
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise DataFormatError(f"{path}: metadata {key!r} must be of JSON type "
+                                  f"{' or '.join(t.__name__ for t in types)}, got "
+                                  f"{type(value).__name__}")
+    dt = meta.get("dt")
+    if dt is not None and not (np.isfinite(dt) and dt > 0):
+        raise DataFormatError(f"{path}: metadata 'dt' must be finite and > 0, got {dt}")
+    for key, arr in (("input_names", arrays["u"]), ("output_names", arrays["y"])):
+        names = meta.get(key)
+        if names is not None and (len(names) != arr.shape[-1]
+                                  or not all(isinstance(n, str) for n in names)):
+            raise DataFormatError(f"{path}: metadata {key!r} must be {arr.shape[-1]} strings, "
+                                  f"got {names!r}")
 
 
 def _json_default(obj: Any) -> Any:

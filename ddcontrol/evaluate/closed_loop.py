@@ -7,12 +7,12 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import gymnasium as gym
 import numpy as np
 
-import envs
+from ddcontrol.data.gym_env import EnvLike, StateAccess, applied_action, env_spec, make_env
 from ddcontrol.tracking.cost import tracking_cost, weight_matrix
 from ddcontrol.tracking.reference import Reference
+from envs.dynamics import Dynamics
 
 
 class Policy(Protocol):
@@ -46,6 +46,14 @@ class Episode:
         Seconds the controller spent per step.
     error : str or None
         Why the episode stopped early (an exception, a NaN action, a diverged simulation).
+    ended : str or None
+        ``"terminated"`` or ``"truncated"``: a Gymnasium env (not a ddcontrol one) ended the
+        episode before ``steps`` samples; not an error (e.g. a goal reached).
+    state_source : str
+        Where ``states`` come from (see :mod:`ddcontrol.data.gym_env`).
+    ood_steps : int or None
+        Steps the controller flagged as out of its data's distribution (a DenoisingTracker's
+        ``ood_steps``); None for controllers that do not measure it.
     """
 
     name: str
@@ -56,32 +64,46 @@ class Episode:
     solve_times: np.ndarray
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    ended: str | None = None
+    state_source: str = "info"
+    ood_steps: int | None = None
 
     @property
     def failed(self) -> bool:
         return self.error is not None
 
 
-def run_episode(env_id: str, controller: Policy, steps: int, *, seed: int = 0,
+def run_episode(env_id: EnvLike, controller: Policy, steps: int, *, seed: int = 0,
                 initial_state: np.ndarray | None = None,
                 env_kwargs: dict[str, Any] | None = None, warmup: int = 0,
                 warmup_input: np.ndarray | None = None) -> Episode:
-    """Run ``controller`` for ``steps`` samples in a fresh ``env_id`` environment.
+    """Run ``controller`` for ``steps`` samples in a fresh episode of ``env_id``.
 
-    The environment is reset with ``seed`` (and ``initial_state`` if given), so every controller
-    run with the same arguments sees the same initial state and noise. For the first ``warmup``
-    samples the controller is still called (it measures), but ``warmup_input`` (default zero) is
-    applied: data-driven controllers that need T_ini past samples apply exactly that input during
-    their own warm-up, and with it every controller starts acting from the same state. A
-    controller that raises or returns a non-finite action ends its episode with ``error`` set;
-    nothing propagates.
+    ``env_id`` is a registered id, a ``gymnasium.Env`` instance (reset here, not closed) or a
+    factory returning one; any env with 1-D ``Box`` spaces works. The environment is reset with
+    ``seed`` (and put in ``initial_state`` if given, where the env's state can be set), so every
+    controller run with the same arguments sees the same initial state and noise. For the first
+    ``warmup`` samples the controller is still called (it measures), but ``warmup_input``
+    (default zero) is applied: data-driven controllers that need T_ini past samples apply
+    exactly that input during their own warm-up, and with it every controller starts acting
+    from the same state. A controller that raises or returns a non-finite action ends its
+    episode with ``error`` set; nothing propagates.
+
+    Episode ends: a ddcontrol env that terminates has diverged (``error`` set). Any other env
+    that terminates (e.g. a goal reached) or is truncated (a time limit) ends the episode
+    early without an error; ``Episode.ended`` says which, and the metrics cover what ran.
+    ``Episode.states`` holds the env's own state where it exposes one, else its observations
+    (``Episode.state_source``).
     """
-    envs.register_envs()
-    env = gym.make(env_id, **(env_kwargs or {}))
-    options = None if initial_state is None else {"state": np.asarray(initial_state, float)}
-    obs, info = env.reset(seed=seed, options=options)
-    ys, us, req, xs, times = [], [], [], [info["state"]], []
-    error = None
+    env, owned = make_env(env_id, env_kwargs)
+    spec = env_spec(env)
+    native = isinstance(getattr(env.unwrapped, "dynamics", None), Dynamics)
+    obs, info = env.reset(seed=seed)
+    access = StateAccess(env, info)
+    if initial_state is not None:
+        obs, info = access.set(env, np.asarray(initial_state, float), seed)
+    ys, us, req, xs, times = [], [], [], [access.read(env, obs, info)], []
+    error = ended = None
     try:
         controller.reset(obs, info)
     except Exception as exc:  # noqa: BLE001 - a failing controller is a result, not a crash
@@ -104,19 +126,26 @@ def run_episode(env_id: str, controller: Policy, steps: int, *, seed: int = 0,
         if len(ys) < warmup:
             action = (np.zeros(env.action_space.shape) if warmup_input is None
                       else np.asarray(warmup_input, dtype=np.float64).reshape(action.shape))
-        ys.append(obs)
+        ys.append(np.array(obs, dtype=np.float64).reshape(-1))
         req.append(action)
-        obs, _, terminated, _, info = env.step(action)
-        us.append(info["applied_action"])
-        xs.append(info["state"])
-        if terminated:
+        sent = action if native else applied_action(action, spec)
+        obs, _, terminated, truncated, info = env.step(sent)
+        us.append(info["applied_action"] if native else sent.astype(np.float64))
+        xs.append(access.read(env, obs, info))
+        if terminated and native:
             error = "simulation diverged"
             break
-    env.close()
-    m, p = env.action_space.shape[0], env.observation_space.shape[0]
+        if (terminated or truncated) and len(ys) < steps:
+            ended = "terminated" if terminated else "truncated"
+            break
+    if owned:
+        env.close()
+    m, p = spec.input_dim, spec.output_dim
     return Episode(controller.name if hasattr(controller, "name") else type(controller).__name__,
                    np.array(ys).reshape(-1, p), np.array(us).reshape(-1, m),
-                   np.array(req).reshape(-1, m), np.array(xs), np.array(times), error)
+                   np.array(req).reshape(-1, m), np.array(xs), np.array(times), error,
+                   ended=ended, state_source=access.source,
+                   ood_steps=getattr(controller, "ood_steps", None))
 
 
 def episode_metrics(episode: Episode, reference: Reference, Q: Any, R: Any, *,
@@ -127,10 +156,12 @@ def episode_metrics(episode: Episode, reference: Reference, Q: Any, R: Any, *,
     Returns ``rms_error`` (RMS over tracked channels and samples, output units), ``total_cost``
     (Σ uᵀRu + eᵀQe), ``input_energy`` (Σ‖u‖²), ``bound_violations`` (samples where the
     controller asked for an input outside the actuator limits), ``mean_solve_ms`` and
-    ``max_solve_ms``, ``steps`` scored, and ``failed``.
+    ``max_solve_ms``, ``steps`` scored, ``failed``, and ``ood_steps`` (steps the controller
+    flagged out of its data, None where it does not measure it).
     """
     k = len(episode.outputs)
     out: dict[str, Any] = {"failed": episode.failed, "error": episode.error, "steps": k}
+    out["ood_steps"] = episode.ood_steps  # flagged steps (None: not measured)
     if k <= score_from:
         out.update(rms_error=float("inf"), total_cost=float("inf"), input_energy=float("nan"),
                    bound_violations=0, mean_solve_ms=float("nan"), max_solve_ms=float("nan"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ddcontrol.data.collect import make_dynamics
+from ddcontrol.data.gym_env import EnvLike, env_label, env_spec, make_env
 from ddcontrol.evaluate.closed_loop import Episode, Policy, episode_metrics, run_episode
 from ddcontrol.evaluate.plots import plot_series, plot_tracking
 from ddcontrol.tracking.reference import Reference
@@ -45,6 +45,7 @@ class ComparisonResult:
     score_from: int
     rows: list[dict[str, Any]]
     episodes: dict[str, list[Episode]] = field(repr=False)
+    output_names: list[str] = field(default_factory=list)
 
     def row(self, name: str) -> dict[str, Any]:
         """The table row of controller ``name``."""
@@ -56,13 +57,14 @@ class ComparisonResult:
     def to_markdown(self) -> str:
         """The table as Markdown (one row per controller)."""
         head = ["controller", "RMS error", "total cost", "cost / oracle", "input energy",
-                "bound viol.", "mean solve [ms]", "max solve [ms]", "status"]
+                "bound viol.", "OOD steps", "mean solve [ms]", "max solve [ms]", "status"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             status = "ok" if not r["failed"] else f"FAILED: {str(r.get('error'))[:80]}"
             lines.append("| " + " | ".join([
                 r["controller"], _fmt(r["rms_error"]), _fmt(r["total_cost"]),
                 _fmt(r["cost_ratio"]), _fmt(r["input_energy"]), str(r["bound_violations"]),
+                "-" if r.get("ood_steps") is None else str(r["ood_steps"]),
                 _fmt(r["mean_solve_ms"]), _fmt(r["max_solve_ms"]), status]) + " |")
         return "\n".join(lines)
 
@@ -89,7 +91,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def compare(env_id: str, controllers: Mapping[str, Callable[[], Policy]], reference: Reference,
+def compare(env_id: EnvLike, controllers: Mapping[str, Callable[[], Policy]], reference: Reference,
             *, Q: Any, R: Any, seeds: Sequence[int] = (0,), score_from: int = 0,
             env_kwargs: dict[str, Any] | None = None,
             initial_states: Sequence[np.ndarray] | None = None,
@@ -98,6 +100,9 @@ def compare(env_id: str, controllers: Mapping[str, Callable[[], Policy]], refere
 
     Parameters
     ----------
+    env_id : str, gymnasium.Env or callable
+        A registered id, an ``Env`` instance or a factory (any env with 1-D ``Box`` spaces; see
+        :func:`~ddcontrol.evaluate.closed_loop.run_episode` for how episodes may end early).
     controllers : mapping name -> factory
         Each factory builds the controller (called once; the controller is reset per seed).
         A factory that raises marks that controller failed ("not applicable", ...).
@@ -110,7 +115,10 @@ def compare(env_id: str, controllers: Mapping[str, Callable[[], Policy]], refere
         themselves), and the metrics count samples ``k >= score_from`` only.
     initial_states : optional, one state per seed, instead of the env's random start.
     """
-    dyn = make_dynamics(env_id, env_kwargs)
+    probe, owned = make_env(env_id, env_kwargs)
+    dyn = env_spec(probe, env_label(env_id, probe))
+    if owned:
+        probe.close()
     steps = reference.steps
     episodes: dict[str, list[Episode]] = {}
     metrics: dict[str, list[dict[str, Any]]] = {}
@@ -135,8 +143,8 @@ def compare(env_id: str, controllers: Mapping[str, Callable[[], Policy]], refere
         for i, seed in enumerate(seeds):
             if ctrl is None:
                 ep = Episode(name, np.zeros((0, dyn.output_dim)), np.zeros((0, dyn.input_dim)),
-                             np.zeros((0, dyn.input_dim)), np.zeros((0, dyn.state_dim)),
-                             np.zeros(0), build_error)
+                             np.zeros((0, dyn.input_dim)), np.zeros((0, 0)), np.zeros(0),
+                             build_error)
             else:
                 x0 = None if initial_states is None else initial_states[i]
                 ep = run_episode(env_id, ctrl, steps, seed=seed, initial_state=x0,
@@ -158,6 +166,8 @@ def compare(env_id: str, controllers: Mapping[str, Callable[[], Policy]], refere
             row[key] = float(np.mean([m[key] for m in ms]))
         row["max_solve_ms"] = float(np.max([m["max_solve_ms"] for m in ms]))
         row["bound_violations"] = int(np.sum([m["bound_violations"] for m in ms]))
+        ood = [m.get("ood_steps") for m in ms if m.get("ood_steps") is not None]
+        row["ood_steps"] = int(np.sum(ood)) if ood else None  # steps flagged out of the data
         row["failed"] = any(m["failed"] for m in ms)
         row["error"] = next((m["error"] for m in ms if m["error"]), None)
         if "oracle" in metrics and not any(m["failed"] for m in metrics["oracle"]):
@@ -167,7 +177,8 @@ def compare(env_id: str, controllers: Mapping[str, Callable[[], Policy]], refere
         else:
             row["cost_ratio"] = float("nan")
         rows.append(row)
-    return ComparisonResult(env_id, reference, list(seeds), score_from, rows, episodes)
+    return ComparisonResult(dyn.label, reference, list(seeds), score_from, rows, episodes,
+                            list(dyn.output_names))
 
 
 def write_comparison(result: ComparisonResult, out: str | Path, *, seed_index: int = 0,
@@ -177,8 +188,8 @@ def write_comparison(result: ComparisonResult, out: str | Path, *, seed_index: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref = result.reference
-    dyn = make_dynamics(result.env_id)
-    names_y = [dyn.output_names[c] for c in ref.channels]
+    names = result.output_names or [f"y{c}" for c in range(ref.output_dim)]
+    names_y = [names[c] for c in ref.channels]
     t = np.arange(ref.steps) * ref.dt
     ok = {n: eps[seed_index] for n, eps in result.episodes.items() if len(eps[seed_index].outputs)}
     paths = {

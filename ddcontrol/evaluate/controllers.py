@@ -6,6 +6,7 @@ from typing import Any
 
 from ddcontrol.baselines import BASELINES, make_baseline
 from ddcontrol.errors import ConfigurationError, UnknownNameError
+from ddcontrol.tracking.defaults import system_defaults
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.tracker import DenoisingTracker
@@ -17,10 +18,16 @@ def make_tracker(model: Any, data: Any, reference: Reference, Q: Any, R: Any, *,
                  env_id: str, env_kwargs: dict[str, Any] | None = None,
                  candidate_stride: int | None = None,
                  **options: Any) -> DenoisingTracker:
-    """A receding-horizon DenoisingTracker for ``reference``: T_ini = model window − horizon."""
+    """A receding-horizon DenoisingTracker for ``reference``: T_ini = model window − horizon.
+
+    Settings not in ``options`` (σ, solver, iterations per step, per-step time budget) are the
+    system's (:func:`~ddcontrol.tracking.defaults.system_defaults`).
+    """
     if model is None or data is None:
         raise ConfigurationError("the denoising tracker needs a trained model and its dataset")
     model.check_dataset(data)
+    for key, value in system_defaults(env_id).tracker_options(reference.dt).items():
+        options.setdefault(key, value)
     problem = TrackingProblem.for_env(env_id, reference, horizon, Q=Q, R=R, env_kwargs=env_kwargs)
     return DenoisingTracker.from_model(model, problem, data, candidate_stride=candidate_stride,
                                        **options)

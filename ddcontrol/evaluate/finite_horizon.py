@@ -13,13 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from ddcontrol.data.collect import make_dynamics
 from ddcontrol.data.dataset import TrajectoryDataset
+from ddcontrol.data.gym_env import EnvSimulator
 from ddcontrol.errors import ConfigurationError
-from ddcontrol.evaluate.replay import ReplayResult, replay
+from ddcontrol.evaluate.replay import ReplayResult, plan_confidence, replay_from_dataset, simulator_for
+from ddcontrol.symmetry import Identity
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.tracker import DenoisingTracker, PlanResult
+from ddcontrol.trust import TrustEstimator
 
 
 @dataclass
@@ -44,8 +46,6 @@ def finite_horizon_experiment(model: Any, data: TrajectoryDataset, reference: Re
     (``sigma``, ``solver``, ``iterations``, ``num_starts``...).
     """
     env_id = data.metadata.get("env_id")
-    if env_id is None:
-        raise ConfigurationError("the dataset does not name its environment (metadata env_id)")
     model.check_dataset(data)
     t_ini = model.window_length - horizon
     if t_ini < 0:
@@ -57,26 +57,39 @@ def finite_horizon_experiment(model: Any, data: TrajectoryDataset, reference: Re
     if t_ini == 0:
         # Windows from the data's initial states only: later windows start elsewhere.
         candidates = data.windows(length, stride=data.horizon)
-        x_start = data.x[trajectory, 0]
         past_u = past_y = current_y = None
     else:
         candidates = data.windows(length, stride=max(1, length // 4))
-        x_start = data.x[trajectory, t_ini]
         past_u, past_y = data.u[trajectory, :t_ini], data.y[trajectory, :t_ini]
         current_y = data.y[trajectory, t_ini]
-    problem = TrackingProblem.for_env(env_id, reference, horizon, Q=Q, R=R,
-                                      env_kwargs=data.metadata.get("env_kwargs"))
+    # Any env (or none: measured data): bounds from the dataset, replay where a simulator is.
+    sim = simulator_for(data)
+    problem = TrackingProblem.for_dataset(data, reference, horizon, Q=Q, R=R)
+    symmetry = getattr(model, "symmetry", None) or Identity()
+    tracker_options.setdefault("symmetry", symmetry)
+    if "trust" not in tracker_options:  # the plan's model-intrinsic confidence (issue 13)
+        tracker_options["trust"] = TrustEstimator.from_model(
+            model, data, past_length=t_ini,
+            repredict_sigma=float(tracker_options.get("sigma", 0.05)))
     tracker = DenoisingTracker(model.denoiser, model.normalizer, problem,
-                               candidates=model.normalizer.normalize(candidates),
+                               candidates=model.normalizer.normalize(
+                                   symmetry.canonicalize(candidates)[0]),
                                past_length=t_ini, **tracker_options)
-    plan = tracker.plan(past_u, past_y, current_y=current_y, start=t_ini)
-    dyn = make_dynamics(env_id, data.metadata.get("env_kwargs"))
-    u_prev = data.u[trajectory, t_ini - 1] if t_ini else None
-    rep = replay(problem, dyn, x_start, plan.inputs, plan.predicted_outputs, u_prev=u_prev,
-                 start=t_ini)
+    # With nothing measured, the trajectory's first sample places the plan in the world.
+    first = np.concatenate([data.u[trajectory, 0], data.y[trajectory, 0]])
+    plan = tracker.plan(past_u, past_y, current_y=current_y, start=t_ini,
+                        frame=symmetry.frame_of_sample(first))
+    try:
+        rep = replay_from_dataset(problem, sim, data, trajectory, t_ini, plan.inputs,
+                                  plan.predicted_outputs)
+    finally:
+        if isinstance(sim, EnvSimulator):
+            sim.close()
     fut = candidates[:, t_ini:]
     costs = problem.cost(fut[..., : data.input_dim], fut[..., data.input_dim:], t_ini)
     best = int(np.argmin(costs))
+    if t_ini == 0 and not rep.skipped and rep.true_cost > costs[best]:
+        rep.drifted = True  # worse than the best training window from the same start
     summary = {
         "env_id": env_id,
         "reference": reference.name,
@@ -90,10 +103,14 @@ def finite_horizon_experiment(model: Any, data: TrajectoryDataset, reference: Re
         # best of them is a reference figure only, not an alternative plan for this start.
         "best_training_window_same_start": t_ini == 0,
         "initial_cost": plan.initial_cost,
-        "replay_beats_best_window": bool(rep.true_cost < costs[best]),
+        "replay_beats_best_window": None if rep.skipped else bool(rep.true_cost < costs[best]),
         "manifold_deviation": rep.manifold_deviation,
         "drifted": rep.drifted,
         "manifold_distance": plan.manifold_distance,
+        "replay": rep.to_dict()["replay"],
+        "confidence": plan_confidence(plan, tracker.candidates, t_ini),
+        "estimated_deviation": plan.estimated_deviation,
+        "ood": plan.ood,
         "iterations": plan.iterations,
         "solve_time_s": plan.solve_time_s,
         "solver": tracker.solver_name,

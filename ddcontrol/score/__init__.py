@@ -1,11 +1,23 @@
-"""Denoisers: the protocol, closed-form denoisers (and, later, trained networks)."""
+"""Denoisers: the protocol, closed-form denoisers, preconditioned networks, checkpoints, training.
+
+The training loop (:class:`TrainConfig`, :func:`train`) is imported on first use (PEP 562): using
+a trained model does not load the training machinery (data shards, distributed workers).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib import import_module
+from typing import Any
 
 from ddcontrol.score.base import Denoiser, sigma_column
 from ddcontrol.score.checkpoint import TrainedModel, load_model
 from ddcontrol.score.closed_form import EmpiricalDenoiser, LinearGaussianDenoiser
 from ddcontrol.score.networks import ResidualMLP, TemporalUNet, build_network
 from ddcontrol.score.precond import BehaviorDenoiser, edm_scalings
-from ddcontrol.score.train import TrainConfig, train
+
+_LAZY = {"TrainConfig": "ddcontrol.score.train", "train": "ddcontrol.score.train"}
 
 __all__ = [
     "Denoiser",
@@ -22,3 +34,29 @@ __all__ = [
     "TrainedModel",
     "load_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the training loop on first access."""
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _ScoreModule(types.ModuleType):
+    """This package, except that importing the submodule ``ddcontrol.score.train`` does not
+    rebind the name ``train``: it stays the function, as when it was imported eagerly."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "train" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _ScoreModule

@@ -17,6 +17,8 @@ config            the ``TrainConfig`` as a dict
 normalizer        ``Normalizer.to_dict()`` of the training data
 metadata          the dataset's metadata (env id, kwargs, dt, channel names...) plus
                   ``fingerprint``, ``num_trajectories`` and the last validation losses
+sigma_selection   optional: the projection σ chosen from held-out data and its sweep
+                  (:func:`ddcontrol.score.sigma.store_sigma`); older checkpoints lack it
 ================  ==============================================================================
 """
 
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from ddcontrol._io import atomic_write
+from ddcontrol._validation import check_device
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import CheckpointError, DDControlError
 from ddcontrol.score.networks import build_network
@@ -80,6 +83,8 @@ class TrainedModel:
         of the training data, ``step``, last validation losses ``val``.
     config : dict
         The training configuration.
+    sigma_selection : dict, optional
+        The projection σ chosen from held-out data (``sigma``) and its sweep, if stored.
     """
 
     denoiser: BehaviorDenoiser
@@ -89,6 +94,12 @@ class TrainedModel:
     output_dim: int
     metadata: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    sigma_selection: dict[str, Any] | None = None
+
+    @property
+    def sigma(self) -> float | None:
+        """The stored data-selected projection σ (normalised units), or None."""
+        return None if self.sigma_selection is None else float(self.sigma_selection["sigma"])
 
     @property
     def channels(self) -> int:
@@ -123,17 +134,20 @@ class TrainedModel:
         Checks m, p, that trajectories are at least L steps long, and (when both know it) that
         the environment ids agree.
         """
+        env = dataset.metadata.get("env_id")
+        if env is not None and self.env_id is not None and env != self.env_id:
+            raise CheckpointError(f"this model was trained on {self.env_id} (m={self.input_dim} "
+                                  f"inputs and p={self.output_dim} outputs), the dataset is from "
+                                  f"{env} (m={dataset.input_dim}, p={dataset.output_dim})")
         if (dataset.input_dim, dataset.output_dim) != (self.input_dim, self.output_dim):
+            system = f" ({self.env_id})" if self.env_id else ""
             raise CheckpointError(
-                f"model was trained on windows with m={self.input_dim} inputs and "
-                f"p={self.output_dim} outputs, dataset has m={dataset.input_dim}, "
+                f"this model was trained on windows with m={self.input_dim} inputs and "
+                f"p={self.output_dim} outputs{system}, the dataset has m={dataset.input_dim}, "
                 f"p={dataset.output_dim}")
         if dataset.horizon < self.window_length:
             raise CheckpointError(f"model windows are {self.window_length} steps long, dataset "
                                   f"trajectories only {dataset.horizon}")
-        env = dataset.metadata.get("env_id")
-        if env is not None and self.env_id is not None and env != self.env_id:
-            raise CheckpointError(f"model was trained on {self.env_id}, dataset is from {env}")
 
 
 def _plain(obj: Any) -> Any:
@@ -177,10 +191,17 @@ def read_checkpoint(path_or_dir: str | os.PathLike,
     """
     path = resolve_checkpoint(path_or_dir)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise CheckpointError(f"cannot open checkpoint {path}: "
+                              f"{exc.strerror or exc}") from exc
+    try:
+        with fh:
+            payload = torch.load(fh, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... on damage
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt "
-                              f"({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch appends pages of advice
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt, or not "
+                              f"a checkpoint ({type(exc).__name__}: {first})") from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} is not a ddcontrol checkpoint")
     missing = [k for k in _REQUIRED if k not in payload]
@@ -200,16 +221,26 @@ def model_from_payload(payload: dict[str, Any], device: str | torch.device = "cp
         denoiser = build_denoiser(spec)
         denoiser.load_state_dict(payload["ema" if ema else "weights"])
         normalizer = Normalizer.from_dict(payload["normalizer"])
+        if not (np.all(np.isfinite(normalizer.mean)) and np.all(np.isfinite(normalizer.std))
+                and np.all(normalizer.std > 0)):
+            raise ValueError("normaliser statistics must be finite with std > 0")
     except (KeyError, TypeError, ValueError, RuntimeError, DDControlError) as exc:
         raise CheckpointError(f"{where}: inconsistent model entries "
                               f"({type(exc).__name__}: {exc})") from exc
     denoiser.to(device).eval().requires_grad_(False)
     metadata = _plain(payload["metadata"])
     metadata["step"] = int(payload["step"])
+    selection = payload.get("sigma_selection")  # optional: older checkpoints have none
+    if selection is not None:
+        sigma = selection.get("sigma") if isinstance(selection, dict) else None
+        if not isinstance(sigma, (int, float)) or not 0 < float(sigma) < float("inf"):
+            raise CheckpointError(f"{where}: sigma_selection must hold a positive 'sigma', "
+                                  f"got {selection!r}")
+        selection = _plain(selection)
     return TrainedModel(denoiser=denoiser, normalizer=normalizer,
                         window_length=int(spec["window_length"]), input_dim=int(spec["input_dim"]),
                         output_dim=int(spec["output_dim"]), metadata=metadata,
-                        config=_plain(payload["config"]))
+                        config=_plain(payload["config"]), sigma_selection=selection)
 
 
 def load_model(path_or_dir: str | os.PathLike, device: str | torch.device = "cpu", *,
@@ -231,7 +262,10 @@ def load_model(path_or_dir: str | os.PathLike, device: str | torch.device = "cpu
     ------
     CheckpointError
         Missing, corrupt or foreign file, or a ``dataset`` that does not match.
+    ConfigurationError
+        ``device`` is not cpu or an available CUDA device.
     """
+    device = check_device(device)
     path = resolve_checkpoint(path_or_dir)
     model = model_from_payload(read_checkpoint(path), device, ema, where=str(path))
     if dataset is not None:

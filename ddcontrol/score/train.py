@@ -5,6 +5,11 @@ DSM with σ log-uniform in [σ_min, σ_max] and the EDM loss weighting, with Ada
 then cosine decay, gradient clipping and an EMA of the weights; it validates per σ band on held-out
 trajectories, logs JSON lines and writes atomic, exactly resumable checkpoints. The ``ddcontrol
 train`` command line is generated from :class:`TrainConfig`.
+
+The loop never waits for the device between log intervals: the running loss is summed on the
+device and read once per ``log_every`` steps. Under ``torchrun`` (or with ``nproc`` > 1) the run
+is data-parallel (:mod:`ddcontrol.score.distributed`) and gives the single-process update on
+the same global batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import signal
 import time
 import warnings
@@ -28,11 +34,21 @@ from torch import Tensor
 from ddcontrol._validation import check_positive_float, check_positive_int
 from ddcontrol.data.dataset import TrajectoryDataset
 from ddcontrol.data.normalize import Normalizer
-from ddcontrol.errors import CheckpointError, ConfigurationError, UnknownNameError
+from ddcontrol.data.shards import ShardedDataset, ShardWindows, load_dataset
+from ddcontrol.errors import (
+    CheckpointError,
+    ConfigurationError,
+    DDControlError,
+    NonFiniteError,
+    TrainingInterrupted,
+    UnknownNameError,
+)
+from ddcontrol.score import distributed as _dist
 from ddcontrol.score.checkpoint import (
     CHECKPOINT_NAME,
     TrainedModel,
     build_denoiser,
+    load_model,
     model_from_payload,
     read_checkpoint,
     save_checkpoint,
@@ -65,7 +81,8 @@ class TrainConfig:
     On a GPU, raise ``width`` (512) or use the U-Net with ``base_channels`` 64.
     """
 
-    data: str | None = _opt(None, "dataset file (.npz) written by `ddcontrol generate`")
+    data: str | None = _opt(None, "dataset file (.npz) or shard folder (--shard-size) written "
+                            "by `ddcontrol generate`")
     out: str | None = _opt(None, "output folder for checkpoint.pt and log.jsonl "
                            "(None: nothing is written)")
     arch: str = _opt("mlp", "inner network: mlp (residual MLP) or unet (1-D temporal U-Net)",
@@ -102,7 +119,12 @@ class TrainConfig:
                          ("auto", "none", "planar"))
     seed: int = _opt(0, "seed of initialisation, split, batches and noise")
     device: str = _opt("cpu", "cpu or cuda (or cuda:N)")
-    num_threads: int | None = _opt(None, "torch CPU threads (None: torch's default)")
+    num_threads: int | None = _opt(None, "torch CPU threads (None: torch's default, less the "
+                                   "cores other jobs keep busy, at least 1)")
+    nproc: int = _opt(1, "launch this many local worker processes for data-parallel training "
+                      "(1: train in this process; ignored under torchrun)")
+    dist_timeout: float = _opt(300.0, "distributed: seconds a worker waits for the others in a "
+                               "collective before the run fails")
     resume: bool = _opt(False, "continue from OUT/checkpoint.pt if it exists")
     overwrite: bool = _opt(False, "replace an existing checkpoint in OUT instead of failing")
     progress: bool = _opt(True, "show a progress bar")
@@ -111,7 +133,7 @@ class TrainConfig:
 # Fields that may differ between a run and its resumption; every other field defines the run.
 _RUNTIME_FIELDS = frozenset({"data", "out", "steps", "device", "num_threads", "resume",
                              "overwrite", "progress", "log_every", "checkpoint_every",
-                             "val_every"})
+                             "val_every", "nproc", "dist_timeout"})
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -119,11 +141,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise UnknownNameError(f"unknown architecture {cfg.arch!r}; choose one of "
                                f"{list(ARCHITECTURES)}")
     for name in ("window", "stride", "steps", "batch_size", "width", "depth", "base_channels",
-                 "emb_dim", "val_windows", "val_bands", "log_every"):
+                 "emb_dim", "val_windows", "val_bands", "log_every", "nproc"):
         check_positive_int(getattr(cfg, name), name)
     for name in ("warmup_steps", "val_every", "checkpoint_every", "seed"):
         check_positive_int(getattr(cfg, name), name, allow_zero=True)
-    for name in ("lr", "sigma_min", "sigma_max"):
+    for name in ("lr", "sigma_min", "sigma_max", "dist_timeout"):
         check_positive_float(getattr(cfg, name), name)
     for name in ("weight_decay", "grad_clip", "final_lr_fraction"):
         check_positive_float(getattr(cfg, name), name, allow_zero=True)
@@ -249,6 +271,37 @@ def _held_out(val: TrajectoryDataset | None, cfg: TrainConfig, device: torch.dev
     return torch.as_tensor(w, dtype=torch.float32, device=device)
 
 
+def _sharded_windows(cfg: TrainConfig, dataset: ShardedDataset, device: torch.device
+                     ) -> tuple[ShardWindows, Tensor | None, Normalizer, WindowSymmetry]:
+    """Training windows read on demand, held-out windows, normaliser and symmetry of a
+    sharded dataset: the same split, windows and held-out subsample as for the dataset in
+    memory. With a symmetry, the canonical windows' statistics come from an evenly spread
+    sample of at most 20,000 windows."""
+    n = dataset.num_trajectories
+    if cfg.val_fraction > 0 and n >= 2:
+        train_ids, val_ids = dataset.split_indices(1.0 - cfg.val_fraction, seed=cfg.seed)
+    else:
+        train_ids, val_ids = np.arange(n), None
+    symmetry = symmetry_for(dataset.metadata, dataset.input_dim, cfg.symmetry)
+    normalizer = dataset.normalizer
+    if not symmetry.is_identity:
+        every = dataset.window_source(cfg.window, cfg.stride, np.arange(n), normalizer)
+        sample = np.linspace(0, len(every) - 1, min(len(every), 20_000)).astype(np.int64)
+        normalizer = symmetry.fit_normalizer(symmetry.canonicalize(every.physical(sample))[0],
+                                             dataset.input_dim)
+    windows = dataset.window_source(cfg.window, cfg.stride, train_ids, normalizer, symmetry,
+                                    device)
+    val_windows = None
+    if val_ids is not None:
+        val = dataset.window_source(cfg.window, cfg.stride, val_ids, normalizer, symmetry,
+                                    device)
+        pick = np.arange(len(val))
+        if len(val) > cfg.val_windows:  # evenly spread, deterministic subsample
+            pick = np.linspace(0, len(val) - 1, cfg.val_windows).astype(int)
+        val_windows = val.gather(pick)
+    return windows, val_windows, normalizer, symmetry
+
+
 class _Logger:
     """Appends JSON lines to OUT/log.jsonl (nothing without an output folder)."""
 
@@ -261,7 +314,7 @@ class _Logger:
                 fh.write(json.dumps(record) + "\n")
 
 
-def train(config: TrainConfig, dataset: TrajectoryDataset | None = None, *,
+def train(config: TrainConfig, dataset: TrajectoryDataset | ShardedDataset | None = None, *,
           callback: Callable[[int, dict[str, Any]], bool | None] | None = None) -> TrainedModel:
     """Train a behaviour denoiser by denoising score matching.
 
@@ -269,13 +322,18 @@ def train(config: TrainConfig, dataset: TrajectoryDataset | None = None, *,
     ----------
     config : TrainConfig
         The run; ``config.data`` is read when ``dataset`` is None.
-    dataset : TrajectoryDataset, optional
+    dataset : TrajectoryDataset or ShardedDataset, optional
         Training data; its normaliser defines the model's units. ``val_fraction`` of its
-        trajectories are held out for validation.
+        trajectories are held out for validation. A sharded dataset is read window by window
+        from disk (the same split, batches and result as the same data in memory).
     callback : callable, optional
-        ``callback(step, record)`` after every completed step (``record`` has ``loss``, ``lr``);
-        returning True stops training early: a checkpoint is saved and the model returned, and
-        ``resume=True`` later continues exactly (as Ctrl-C does).
+        ``callback(step, record)`` after every completed step; ``record["lr"]`` is a float and
+        ``record["loss"]`` the step's batch loss as a 0-d tensor on the training device (its
+        ``float()`` waits for the device: a callback that needs it every step gives up the
+        asynchronous loop). Returning True stops training early: a checkpoint is saved and the
+        model returned, and ``resume=True`` later continues exactly (as Ctrl-C does). In a
+        distributed run every rank calls its callback, and a stop takes effect at the next log
+        interval (all ranks stop at the same step).
 
     Returns
     -------
@@ -290,6 +348,8 @@ def train(config: TrainConfig, dataset: TrajectoryDataset | None = None, *,
         ``resume`` with a checkpoint from other data or a corrupt checkpoint.
     DataFormatError
         ``config.data`` cannot be read.
+    DistributedError
+        A distributed run lost a worker or a collective timed out (``dist_timeout``).
 
     Notes
     -----
@@ -297,6 +357,11 @@ def train(config: TrainConfig, dataset: TrajectoryDataset | None = None, *,
     Resuming keeps the checkpoint's run-defining fields (architecture, σ range, lr...) and takes
     the runtime ones (``steps``, ``device``, logging) from ``config``; a larger ``steps`` stretches
     the cosine schedule from the current step on.
+
+    Distributed (``torchrun``, or ``nproc`` > 1 which launches local workers and returns the
+    model rank 0 saved): every rank takes its slice of the same global batch (see
+    :mod:`ddcontrol.score.distributed`), so the run equals the single-process one up to
+    floating-point summation order; rank 0 keeps the EMA, validates, logs and checkpoints.
     """
     cfg = dataclasses.replace(config)
     if isinstance(cfg.channel_mult, list):
@@ -304,11 +369,79 @@ def train(config: TrainConfig, dataset: TrajectoryDataset | None = None, *,
     _validate(cfg)
     if dataset is None:
         if cfg.data is None:
-            raise ConfigurationError("give a dataset or config.data (path to a .npz dataset)")
-        dataset = TrajectoryDataset.load(cfg.data)
+            raise ConfigurationError("give a dataset or config.data (path to a .npz dataset or "
+                                     "a shard directory)")
+        dataset = load_dataset(cfg.data)
     if dataset.horizon < cfg.window:
         raise ConfigurationError(f"window {cfg.window} is longer than the trajectories "
                                  f"({dataset.horizon} steps)")
+    if _dist.context_from_env() is not None:
+        return _train_distributed(cfg, dataset, callback)
+    cfg, saved = _prepare(cfg, dataset)
+    if cfg.nproc > 1:
+        _dist.shard_bounds(cfg.batch_size, 0, cfg.nproc)  # fail here, not in every worker
+        _dist.launch_local(cfg, cfg.nproc)
+        return load_model(cfg.out, cfg.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads or _free_threads(threads))
+    try:
+        return _run(cfg, dataset, saved, callback, None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_distributed(cfg: TrainConfig, dataset: TrajectoryDataset,
+                       callback: Callable[[int, dict[str, Any]], bool | None] | None
+                       ) -> TrainedModel:
+    """:func:`train` as one rank of a process group described by the environment."""
+    import torch.distributed as dist
+
+    owns_group = not dist.is_initialized()
+    ctx, device = _dist.init_process_group(cfg.device, cfg.dist_timeout)
+    threads = torch.get_num_threads()
+    try:
+        # Rank 0 checks OUT and reads the checkpoint; every rank gets its verdict.
+        outcome: tuple[Any, ...] | None = None
+        if ctx.is_main:
+            try:
+                outcome = ("ok", *_prepare(cfg, dataset))
+            except DDControlError as exc:
+                outcome = ("error", exc)
+        try:
+            outcome = _dist.broadcast_object(outcome, ctx)
+        except RuntimeError as exc:
+            raise _dist.collective_error(ctx, exc) from exc
+        if outcome[0] == "error":
+            raise outcome[1]
+        run_cfg, saved = outcome[1], outcome[2]
+        run_cfg = dataclasses.replace(run_cfg, device=str(device))
+        _dist.shard_bounds(run_cfg.batch_size, ctx.rank, ctx.world_size)  # divisible?
+        torch.set_num_threads(run_cfg.num_threads or _free_threads(threads))
+        return _run(run_cfg, dataset, saved, callback, ctx)
+    finally:
+        torch.set_num_threads(threads)
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_threads(cores: int) -> int:
+    """Threads for ``num_threads=None``: torch's default ``cores`` less those other processes
+    keep busy (1-minute load average, this process counted as 1), at least 1.
+
+    On the shared 2-core machine (load average 11-12) the demo's model trained at 3.9 steps/s
+    with 1 thread and 0.45 with 2 (``benchmarks/bench_training.py``): oversubscribed threads
+    wait for each other at every operation, so a busy machine gets one thread.
+    """
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except (AttributeError, OSError):  # no load average (Windows)
+        return cores
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _prepare(cfg: TrainConfig, dataset: TrajectoryDataset
+             ) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Check OUT and read the checkpoint to resume: the run's configuration and saved state."""
     out = Path(cfg.out) if cfg.out is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     saved = None
@@ -324,26 +457,50 @@ def train(config: TrainConfig, dataset: TrajectoryDataset | None = None, *,
         elif not cfg.overwrite:
             raise ConfigurationError(f"{ckpt_path} exists; pass resume=True (--resume) to "
                                      "continue it or overwrite=True (--overwrite) to replace it")
-    threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        return _run(cfg, dataset, saved, callback)
-    finally:
-        torch.set_num_threads(threads)
+    return cfg, saved
+
+
+class _MeanLoss(torch.nn.Module):
+    """The batch-mean DSM loss as a ``forward`` (what DistributedDataParallel wraps)."""
+
+    def __init__(self, model: BehaviorDenoiser) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, clean: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
+        return self.model.loss(clean, sigma, noise).mean()
 
 
 class _Session:
-    """Model, EMA, optimiser, schedule, generator and step of one run: what a checkpoint holds."""
+    """Model, EMA, optimiser, schedule, generator and step of one run: what a checkpoint holds.
 
-    def __init__(self, cfg: TrainConfig, spec: dict[str, Any], device: torch.device) -> None:
-        self.cfg, self.spec = cfg, spec
+    In a distributed run (``ctx``) the model is wrapped in DistributedDataParallel, every rank
+    draws the same global batch and trains on its slice, and only rank 0 updates the EMA.
+    """
+
+    def __init__(self, cfg: TrainConfig, spec: dict[str, Any], device: torch.device,
+                 ctx: _dist.DistContext | None = None) -> None:
+        self.cfg, self.spec, self.ctx = cfg, spec, ctx
         with torch.random.fork_rng(devices=[]):  # seeded init, global stream untouched
             torch.manual_seed(cfg.seed)
             self.model = build_denoiser(spec).to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.loss_fn: torch.nn.Module = _MeanLoss(self.model)
+        self.shard = (0, cfg.batch_size)
+        if ctx is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.shard = _dist.shard_bounds(cfg.batch_size, ctx.rank, ctx.world_size)
+            self.loss_fn = DistributedDataParallel(
+                self.loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+        self._params = list(self.model.parameters())
+        self._ema_params = list(self.ema.parameters())
+        # The fused AdamW kernel: one pass over all parameters (on CPU 9-11 ms instead of
+        # 22-34 ms per step for the demo's 2.4 M-parameter MLP). A resumed run keeps the
+        # implementation its checkpoint was written with (exact resumption).
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay)
+                                     weight_decay=cfg.weight_decay,
+                                     fused=device.type in ("cpu", "cuda") or None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.final_lr_fraction))
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -379,57 +536,96 @@ class _Session:
                 "scheduler": self.sched.state_dict(), "rng": self.gen.get_state(),
                 "step": self.step, "config": dataclasses.asdict(self.cfg)}
 
-    def train_step(self, windows: Tensor) -> Tensor:
-        """One DSM step on a random batch; returns the (detached) batch loss."""
-        cfg, gen, dev = self.cfg, self.gen, windows.device
-        idx = torch.randint(windows.shape[0], (cfg.batch_size,), generator=gen, device=dev)
+    def train_step(self, windows: Tensor | Any) -> Tensor:
+        """One DSM step on a random batch; returns the (detached, on-device) batch loss.
+
+        ``windows`` is a tensor (N, L, C) of normalised windows, or a window source with
+        ``len()``, ``shape`` and ``gather(idx) -> Tensor (len(idx), L, C)`` on this device.
+        The whole batch is drawn with tensor operations (no Python loop, no host sync); in a
+        distributed run every rank draws the global batch and keeps its slice ``self.shard``.
+        """
+        cfg, gen, dev = self.cfg, self.gen, self._params[0].device
+        n, length, channels = windows.shape
+        idx = torch.randint(n, (cfg.batch_size,), generator=gen, device=dev)
         u = torch.rand(cfg.batch_size, generator=gen, device=dev)
+        noise = torch.randn((cfg.batch_size, length, channels), generator=gen, device=dev)
+        lo, hi = self.shard
+        if (lo, hi) != (0, cfg.batch_size):
+            idx, u, noise = idx[lo:hi], u[lo:hi], noise[lo:hi]
         sigma = torch.exp(self._log_sigma[0] + (self._log_sigma[1] - self._log_sigma[0]) * u)
-        clean = windows[idx]
-        noise = torch.randn(clean.shape, generator=gen, device=dev)
-        loss = self.model.loss(clean, sigma, noise).mean()
+        clean = windows[idx] if isinstance(windows, Tensor) else windows.gather(idx)
+        loss = self.loss_fn(clean, sigma, noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip, foreach=True)
         self.opt.step()
         self.sched.step()
         self.step += 1
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1.0 + self.step) / (10.0 + self.step))
-            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
-                pe.lerp_(pm, 1.0 - decay)
+        if self.ctx is None or self.ctx.is_main:
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+                torch._foreach_lerp_(self._ema_params, self._params, 1.0 - decay)
         return loss.detach()
+
+    def share_ema(self) -> None:
+        """Distributed: copy rank 0's EMA weights to every rank (collective)."""
+        import torch.distributed as dist
+
+        if self.ctx is not None:
+            for p in self._ema_params:
+                dist.broadcast(p.data, src=0)
 
     @property
     def lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
 
 
+def _reduce_log(mean_loss: Tensor, stop: bool, ctx: _dist.DistContext | None
+                ) -> tuple[float, bool]:
+    """The log interval's mean loss (over all ranks) and whether any rank asked to stop."""
+    if ctx is None:
+        return float(mean_loss), stop
+    import torch.distributed as dist
+
+    both = torch.stack([mean_loss.detach().float(),
+                        torch.tensor(float(stop), device=mean_loss.device)])
+    dist.all_reduce(both)
+    return float(both[0]) / ctx.world_size, bool(both[1] > 0)
+
+
 def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | None,
-         callback: Callable[[int, dict[str, Any]], bool | None] | None) -> TrainedModel:
-    """The training loop of :func:`train` (configuration validated, checkpoint read)."""
+         callback: Callable[[int, dict[str, Any]], bool | None] | None,
+         ctx: _dist.DistContext | None) -> TrainedModel:
+    """The training loop of :func:`train` (configuration validated, checkpoint read).
+
+    ``ctx``: this rank of a distributed run (None: single process). Only rank 0 writes.
+    """
     device = torch.device(cfg.device)
-    out = Path(cfg.out) if cfg.out is not None else None
+    main = ctx is None or ctx.is_main
+    out = Path(cfg.out) if cfg.out is not None and main else None
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
-    if cfg.val_fraction > 0 and dataset.num_trajectories >= 2:
-        train_ds, val_ds = dataset.split(1.0 - cfg.val_fraction, seed=cfg.seed)
+    if isinstance(dataset, ShardedDataset):  # windows read from disk per batch
+        windows, val_windows, normalizer, symmetry = _sharded_windows(cfg, dataset, device)
     else:
-        train_ds, val_ds = dataset, None
-    # The model learns canonical windows (the identity for systems without a symmetry), with
-    # statistics of the canonical windows of the whole dataset.
-    symmetry = symmetry_for(dataset.metadata, dataset.input_dim, cfg.symmetry)
-    normalizer = (dataset.normalizer if symmetry.is_identity else symmetry.fit_normalizer(
-        symmetry.windows(dataset, cfg.window, cfg.stride), dataset.input_dim))
-    windows = torch.as_tensor(normalizer.normalize(symmetry.windows(train_ds, cfg.window,
-                                                                    cfg.stride)),
-                              dtype=torch.float32, device=device)
-    val_windows = _held_out(val_ds, cfg, device, symmetry, normalizer)
+        if cfg.val_fraction > 0 and dataset.num_trajectories >= 2:
+            train_ds, val_ds = dataset.split(1.0 - cfg.val_fraction, seed=cfg.seed)
+        else:
+            train_ds, val_ds = dataset, None
+        # The model learns canonical windows (the identity for systems without a symmetry), with
+        # statistics of the canonical windows of the whole dataset.
+        symmetry = symmetry_for(dataset.metadata, dataset.input_dim, cfg.symmetry)
+        normalizer = (dataset.normalizer if symmetry.is_identity else symmetry.fit_normalizer(
+            symmetry.windows(dataset, cfg.window, cfg.stride), dataset.input_dim))
+        windows = torch.as_tensor(normalizer.normalize(symmetry.windows(train_ds, cfg.window,
+                                                                        cfg.stride)),
+                                  dtype=torch.float32, device=device)
+        val_windows = _held_out(val_ds, cfg, device, symmetry, normalizer)
     if saved is not None:
         sigma_data = float(saved["model"]["sigma_data"])
     else:
         sigma_data = float(windows.std()) if cfg.sigma_data is None else float(cfg.sigma_data)
-    run = _Session(cfg, _model_spec(cfg, dataset, sigma_data), device)
+    run = _Session(cfg, _model_spec(cfg, dataset, sigma_data), device, ctx)
     if saved is not None:
         run.restore(saved, str(ckpt_path))
     metadata = {**dataset.metadata, "fingerprint": dataset.fingerprint(),
@@ -449,7 +645,7 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
             save_checkpoint(ckpt_path, payload())
 
     def validate() -> None:
-        if val_windows is not None:
+        if val_windows is not None and main:
             run.val = _validate_loss(run.ema, val_windows, cfg)
             log({"step": run.step, "val": run.val})
 
@@ -462,35 +658,51 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
         log({"event": "resume", "step": run.step})
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=run.step, disable=not cfg.progress, desc="training",
-               unit="step", dynamic_ncols=True)
-    # The running loss stays on the device: no host sync per step (matters on CUDA).
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not (cfg.progress and main),
+               desc="training", unit="step", dynamic_ncols=True)
+    # The running loss stays on the device and is read once per log interval: no host sync
+    # per step (matters on CUDA). Distributed: one all-reduce per log interval carries the
+    # loss and any rank's request to stop, so that every rank stops at the same step.
     loss_sum, loss_n, t0 = torch.zeros((), device=device), 0, time.perf_counter()
-    stopped = False
+    stopped = pending_stop = False
     run.model.train()
     with _StopFlag() as flag:
-        while run.step < cfg.steps:
-            loss = run.train_step(windows)
-            loss_sum += loss
-            loss_n += 1
-            bar.update(1)
-            step = run.step
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                mean = float(loss_sum) / loss_n
-                log({"step": step, "loss": mean, "lr": run.lr,
-                     "time_s": round(time.perf_counter() - t0, 3)})
-                bar.set_postfix(loss=f"{mean:.4f}")
-                loss_sum.zero_()
-                loss_n = 0
-            if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
-                validate()
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                checkpoint()
-            user_stop = callback is not None and bool(
-                callback(step, {"loss": float(loss), "lr": run.lr}))
-            if (flag.stop or user_stop) and step < cfg.steps:
-                stopped = True
-                break
+        try:
+            while run.step < cfg.steps:
+                loss = run.train_step(windows)
+                loss_sum += loss
+                loss_n += 1
+                bar.update(1)
+                step = run.step
+                user_stop = callback is not None and bool(
+                    callback(step, {"loss": loss, "lr": run.lr}))
+                pending_stop = pending_stop or flag.stop or user_stop
+                at_log = step % cfg.log_every == 0 or step == cfg.steps
+                if at_log:
+                    mean, pending_stop = _reduce_log(loss_sum / loss_n, pending_stop, ctx)
+                    if not math.isfinite(mean):  # stop: a NaN model is no result to save
+                        raise NonFiniteError(
+                            f"the training loss is {mean} at step {step}; stopped without "
+                            "saving (an earlier checkpoint is kept): check the data (its "
+                            "normalisation statistics) or lower the learning rate")
+                    log({"step": step, "loss": mean, "lr": run.lr,
+                         "time_s": round(time.perf_counter() - t0, 3)})
+                    bar.set_postfix(loss=f"{mean:.4f}")
+                    loss_sum.zero_()
+                    loss_n = 0
+                if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
+                    validate()
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    checkpoint()
+                if pending_stop and step < cfg.steps and (ctx is None or at_log):
+                    stopped = True
+                    break
+            if ctx is not None:
+                run.share_ema()
+        except RuntimeError as exc:
+            if ctx is None:
+                raise
+            raise _dist.collective_error(ctx, exc) from exc
     bar.close()
     if not stopped:
         validate()
@@ -498,6 +710,5 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
     log({"event": "stopped" if stopped else "done", "step": run.step,
          "time_s": round(time.perf_counter() - t0, 3)})
     if flag.stop:
-        raise KeyboardInterrupt(f"training interrupted at step {run.step}; checkpoint saved, "
-                                "continue with resume=True")
+        raise TrainingInterrupted(run.step, None if ckpt_path is None else str(ckpt_path))
     return model_from_payload(payload(), device)

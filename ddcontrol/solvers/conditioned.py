@@ -10,12 +10,16 @@ makes the problem stiff; here the slice M ∩ {x_I = c_I} is treated as the mani
 * a Gauss-Newton correction along the same rows, −Rᵀμ with (E Rᵀ) μ = E p − c, pulls the pinned
   coordinates onto their values (for noisy measurements: the least-squares fit on the manifold).
 
-All VJPs of one iteration come from one backward pass over a batch of ``k + 1`` copies of the
-point (k pinned coordinates), so an iteration costs one forward and one backward at ``B (k + 1)``.
+All VJPs of one iteration share one forward at the batch size B: the ``k + 1`` cotangents (∇f
+and one unit vector per pinned coordinate; ``k + 2`` with momentum) go through one backward pass
+vectorised over them (``torch.func.vmap``), so nothing of the network but its backward is
+repeated per pinned coordinate. A denoiser whose operations cannot be vectorised gets a loop of
+backward passes over the same graph instead (detected at the first iteration; same numbers).
 With ``jacobian_every = J > 1`` the k pinned rows (and the small k × k solve) are refreshed every
 J iterations only and reused in between (a chord method): the other iterations cost one forward
-and one backward at ``B`` (or ``2B`` with momentum). Warm-started receding-horizon solves, whose
-point moves little between iterations, use this to stay within a sampling period.
+and one backward with 1 (2 with momentum) cotangents. Warm-started receding-horizon solves, whose
+point moves little between iterations, use this to stay within a sampling period. An iteration
+synchronises with the device only at the base class's checks (every ``check_every`` iterations).
 """
 
 from __future__ import annotations
@@ -88,82 +92,99 @@ class ConditionedDRGD(Solver):
         if x0.shape[1:] != self.mask.shape:
             raise DimensionError(f"points of shape {tuple(x0.shape[1:])} do not match the mask "
                                  f"{tuple(self.mask.shape)}")
+        b, d = x0.shape[0], self.mask.numel()
         values = self.values.to(device=x0.device, dtype=x0.dtype)
-        target = values.reshape(-1, self.mask.numel())[:, self.index.to(x0.device)]
+        index = self.index.to(x0.device)
+        target = values.reshape(-1, d)[:, index]
+        n_pin, lead = index.numel(), 2 if self.momentum else 1
+        # The cotangents of every iteration, allocated once: slot 0 takes ∇f, slot 1 the
+        # momentum, and the others hold the fixed unit vectors e_i of the pinned coordinates.
+        cot = torch.zeros(lead + n_pin, b, d, dtype=x0.dtype, device=x0.device)
+        slots = torch.arange(lead, lead + n_pin, device=x0.device)
+        cot[slots, :, index] = 1.0
+        eye = torch.eye(n_pin, dtype=x0.dtype, device=x0.device)
         self._refresh = True  # the first evaluation of a run always computes the rows
-        return {"y": x0, "m": torch.zeros_like(x0), "target": target,
-                "index": self.index.to(x0.device), "rows": None, "pinv": None}
+        return {"y": x0, "m": torch.zeros_like(x0), "target": target, "index": index,
+                "cot": cot.reshape(lead + n_pin, *x0.shape), "eye": eye, "rows": None,
+                "pinv": None, "vectorize": None}
 
     def _evaluate(self, ctx: _Context, y: Tensor, sigma: float, check: bool = False
                   ) -> Evaluation:
-        # One forward over k + 1 (or k + 2 with momentum) copies: the VJP cotangents are ∇f (and
-        # the momentum) and one unit vector per pinned coordinate.
-        copies = (self.index.numel() if self._refresh else 0) + (2 if self.momentum else 1)
-        with torch.enable_grad():
-            yr = y.detach().repeat_interleave(copies, dim=0).requires_grad_(True)
-            out = ctx.problem.manifold.denoiser(yr, sigma)
-        if check and (out.shape != yr.shape or not bool(torch.isfinite(out[::copies]).all())):
-            raise NonFiniteError(f"denoiser returned shape {tuple(out.shape)} for input "
-                                 f"{tuple(yr.shape)}, or non-finite values at the initial point")
-        lin = Linearization(yr, out)
-        p = self._clamp(ctx, out[::copies].detach())
+        lin = ctx.problem.manifold.linearize(y, sigma, check=check)
+        if check and not bool(torch.isfinite(lin.output).all()):
+            raise NonFiniteError("denoiser returned non-finite values at the initial point")
+        p = self._clamp(ctx, lin.point)
         f, g = ctx.problem.cost_and_egrad(p)
-        return Evaluation(y.detach(), p, f, g, lin)
+        return Evaluation(lin.x.detach(), p, f, g, lin)
+
+    @staticmethod
+    def _vjps(lin: Linearization, cot: Tensor, state: dict[str, Any]) -> Tensor:
+        """v'(y)ᵀ of every cotangent in ``cot`` (n, B, ...): one vectorised backward if the
+        denoiser supports it (tried at the first iteration, keeping the graph for a fallback),
+        else a loop of backward passes."""
+        if state["vectorize"] is None:
+            try:
+                out = lin.vjps(cot, vectorize=True, retain_graph=True)
+            except RuntimeError:
+                state["vectorize"] = False
+            else:
+                state["vectorize"] = True
+                return out
+        return lin.vjps(cot, vectorize=state["vectorize"])
 
     def _iterate(self, ctx: _Context, state: dict[str, Any], ev: Evaluation, k: int,
                  sigma: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         p, b, idx = ev.point, ev.point.shape[0], state["index"]
         n_pin, d = idx.numel(), p[0].numel()
-        extra = 1 if self.momentum else 0
+        lead = 2 if self.momentum else 1
         fresh = self._refresh
-        n_rows = n_pin if fresh else 0
-        cot = torch.zeros(b, n_rows + 1 + extra, d, dtype=p.dtype, device=p.device)
-        cot[:, 0] = ev.egrad.reshape(b, d)
-        if extra:
-            cot[:, 1] = state["m"].reshape(b, d)
-        cot[:, 1 + extra + torch.arange(n_rows, device=p.device), idx[:n_rows]] = 1.0
-        jac = ev.lin.vjp(cot.reshape(ev.lin.output.shape)).reshape(b, -1, d)
+        cot = state["cot"]
+        cot[0].copy_(ev.egrad)
+        if lead == 2:
+            cot[1].copy_(state["m"])
+        n = cot.shape[0] if fresh else lead
+        jac = self._vjps(ev.lin, cot[:n], state).reshape(n, b, d)
         self._refresh = (k + 1) % self.jacobian_every == 0
-        if fresh:
-            rows = jac[:, 1 + extra:]  # (B, k, d): e_iᵀ v'(y)
-            if n_pin == 0:  # nothing pinned: DRGD with bound masking and a trust region
-                rows = torch.zeros(b, 1, d, dtype=p.dtype, device=p.device)
-                idx = torch.zeros(1, dtype=torch.long, device=p.device)
-            gram_t = rows[:, :, idx].transpose(1, 2)  # E Rᵀ, (B, k, k)
-            # Tikhonov-damped least squares (Levenberg-Marquardt): a learned Jacobian is noisy
-            # in the directions the pinned coordinates barely move, and an undamped inverse
-            # turns that noise into huge corrections.
-            eye = torch.eye(idx.numel(), dtype=p.dtype, device=p.device)
-            gt = gram_t.transpose(1, 2)
-            pinv = torch.linalg.solve(gt @ gram_t + self.damping ** 2 * eye, gt)
-            state["rows"], state["pinv"], state["row_index"] = rows, pinv, idx
-        rows, pinv, idx = state["rows"], state["pinv"], state["row_index"]
-
-        def constrained(t: Tensor) -> Tensor:
-            lam = (pinv @ t[:, idx].unsqueeze(-1)).squeeze(-1)
-            return t - (rows.transpose(1, 2) @ lam.unsqueeze(-1)).squeeze(-1)
-
-        delta = constrained(jac[:, 0])
-        if extra:
-            # The previous momentum, transported to this point's constrained tangent space.
-            delta = delta + self.momentum * constrained(jac[:, 1])
+        pf = p.reshape(b, d)
+        if n_pin == 0:  # nothing pinned: DRGD with bound masking and a trust region
+            t_c = jac[0].clone()  # the backward may hand back the cotangent buffer itself
+            delta = t_c + self.momentum * jac[1] if lead == 2 else t_c
+            correction = None
+        else:
+            if fresh:
+                rows = jac[lead:].transpose(0, 1)  # (B, k, d): e_iᵀ v'(y)
+                gram_t = rows[:, :, idx].transpose(1, 2)  # E Rᵀ, (B, k, k)
+                # Tikhonov-damped least squares (Levenberg-Marquardt): a learned Jacobian is
+                # noisy in the directions the pinned coordinates barely move, and an undamped
+                # inverse turns that noise into huge corrections.
+                gt = gram_t.transpose(1, 2)
+                pinv = torch.linalg.solve(gt @ gram_t + self.damping ** 2 * state["eye"], gt)
+                state["rows"], state["pinv"] = rows, pinv
+            rows, pinv = state["rows"], state["pinv"]
+            # All k × k solves of the iteration in one product: the multipliers λ of the
+            # tangent direction (and of the momentum) and the Gauss-Newton pull μ, then Rᵀ of
+            # each of them in another.
+            err = pf[:, idx] - state["target"]
+            rhs = torch.cat((jac[:lead, :, idx].permute(1, 2, 0), err.unsqueeze(-1)), dim=2)
+            back = rows.transpose(1, 2) @ (pinv @ rhs)  # (B, d, lead + 1)
+            t_c = jac[0] - back[:, :, 0]  # the tangent direction with the pinned part removed
+            # With momentum: the previous momentum, transported to this point's constrained
+            # tangent space.
+            delta = t_c + self.momentum * (jac[1] - back[:, :, 1]) if lead == 2 else t_c
+            correction = back[:, :, lead]
         if ctx.lower is not None or ctx.upper is not None:
             # No push (nor momentum) through an active bound: without this the clamp after each
             # projection and the step balance at a point off the manifold.
             delta = self._mask(ctx, delta.reshape(p.shape), p).reshape(b, d)
-        if extra:
+        if lead == 2:
             state["m"] = delta.reshape(p.shape)
-        pf = p.reshape(b, d)
-        err = (pf[:, idx] - state["target"]) if state["target"].numel() else torch.zeros(
-            b, 1, dtype=p.dtype, device=p.device)
-        mu = (pinv @ err.unsqueeze(-1)).squeeze(-1)
-        correction = (rows.transpose(1, 2) @ mu.unsqueeze(-1)).squeeze(-1)
-        move = self.step_size * delta + correction
+        move = self.step_size * delta
+        if correction is not None:
+            move = move + correction
         if self.max_step is not None:
             # Trust region: a learned denoiser is only reliable within a few training σ of the
             # manifold, so one iteration may not carry the point further than ``max_step``.
             norm = torch.linalg.vector_norm(move, dim=1, keepdim=True)
             move = move * torch.clamp(self.max_step / norm.clamp_min(1e-30), max=1.0)
         state["y"] = (pf - move).reshape(p.shape)
-        rgrad = constrained(jac[:, 0]).reshape(p.shape)
-        return p, ev.cost, rgrad, None
+        return p, ev.cost, t_c.reshape(p.shape), None

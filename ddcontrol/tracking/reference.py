@@ -298,7 +298,9 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
     Raises
     ------
     UnknownNameError
-        Unknown reference name or environment id, or a parameter the generator does not take.
+        Unknown reference name, or a parameter the generator does not take.
+    envs.registry.UnknownEnvironmentError
+        Unknown environment id (a ``ValueError``).
     ConfigurationError
         The system lacks the outputs the reference needs (e.g. figure-eight without ``x, y``).
     """
@@ -307,7 +309,7 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
     generator, needed = REFERENCES[name]
     steps = check_positive_int(steps, "steps")
     if isinstance(system, str):
-        from ddcontrol.data.collect import make_dynamics
+        from envs.registry import make_dynamics
 
         dyn = make_dynamics(system, env_kwargs)
         output_names: tuple[str, ...] | None = tuple(dyn.output_names)

@@ -35,7 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddcontrol._validation import as_finite_array, check_positive_float, check_positive_int
+from ddcontrol._validation import (
+    as_finite_array,
+    check_device,
+    check_positive_float,
+    check_positive_int,
+)
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import ConfigurationError, DimensionError, UnknownNameError
 from ddcontrol.manifold import BehaviorManifold
@@ -43,6 +48,7 @@ from ddcontrol.solvers import DLF, DRGD, AcceleratedDRGD, Problem, Solver, Solve
 from ddcontrol.solvers.conditioned import ConditionedDRGD
 from ddcontrol.symmetry import Identity, WindowSymmetry
 from ddcontrol.tracking.problem import FramedWindowCost, TrackingProblem, WindowCost
+from ddcontrol.trust import ON_OOD_POLICIES, OutOfDistributionError
 
 SOLVERS = ("drgd", "nesterov", "dlf")
 CONDITIONINGS = ("pin", "clamp", "penalty")
@@ -75,6 +81,13 @@ class PlanResult:
     frame : ndarray (k,)
         The symmetry's group element of the plan (the world frame of ``window``; empty
         without a symmetry).
+    estimated_deviation : float or None
+        The model-intrinsic estimate of ‖y* − y_true‖ / ‖y_true‖ (:mod:`ddcontrol.trust`),
+        computed from the model and its data only; None without a trust estimator.
+    ood : bool or None
+        The plan is flagged as outside the data's distribution (estimate above threshold).
+    trust : dict or None
+        Every measurement behind the estimate (``TrustReport.item``).
     """
 
     inputs: np.ndarray
@@ -87,6 +100,9 @@ class PlanResult:
     manifold_distance: float
     solver_result: SolverResult = field(repr=False)
     frame: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    estimated_deviation: float | None = None
+    ood: bool | None = None
+    trust: dict[str, Any] | None = field(default=None, repr=False)
 
 
 class DenoisingTracker:
@@ -107,7 +123,8 @@ class DenoisingTracker:
         T_ini, the measured past that conditions each plan; the model's window length must be
         ``T_ini + N_h``.
     sigma : float
-        Noise level of the projection, normalised units.
+        Noise level of the projection, normalised units (``"auto"``, the σ selected from
+        held-out data, through :meth:`from_model`).
     sigma_start : float, optional
         σ annealing of a cold-start solve: σ decreases geometrically from ``sigma_start`` to
         ``sigma`` over its first half (a large σ first moves the plan through the data's
@@ -165,6 +182,17 @@ class DenoisingTracker:
         measured sample, optimises canonical windows and evaluates the cost on ``g · window``,
         so the reference, Q and the outputs of a plan stay in world units. The action must
         leave the inputs unchanged (their bounds are applied in the model's frame).
+    trust : TrustEstimator, optional
+        Measures every plan's confidence (``PlanResult.estimated_deviation``, ``.ood``);
+        :meth:`from_model` builds one from the dataset. None: no confidence.
+    on_ood : "warn" | "hold" | "fallback" | "raise"
+        What :meth:`act` does at a flagged step: warn and apply the plan anyway; apply the
+        last unflagged plan's input for this step (``hold``; the warm-up input once it runs
+        out); apply ``fallback.act(observation, info)``; or raise
+        :class:`~ddcontrol.trust.OutOfDistributionError`. ``ood_steps`` counts flagged steps.
+    fallback : controller, optional
+        For ``on_ood="fallback"``: an object with ``act(observation, info)`` (and optionally
+        ``reset(observation, info)``, called by :meth:`reset`).
     """
 
     def __init__(self, denoiser: Any, normalizer: Normalizer, problem: TrackingProblem, *,
@@ -178,6 +206,7 @@ class DenoisingTracker:
                  step_time_budget: float | None = None,
                  damping: float = 0.05, max_step: float | None = 0.5,
                  symmetry: WindowSymmetry | None = None,
+                 trust: Any = None, on_ood: str = "warn", fallback: Any = None,
                  device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         if not callable(denoiser):
@@ -190,7 +219,18 @@ class DenoisingTracker:
         self.denoiser, self.normalizer, self.problem = denoiser, normalizer, problem
         self.past_length = check_positive_int(past_length, "past_length", allow_zero=True)
         self.window_length = self.past_length + problem.horizon
+        if sigma == "auto":
+            raise ConfigurationError("sigma='auto' needs the trained model: build the tracker "
+                                     "with DenoisingTracker.from_model(model, ...)")
         self.sigma = check_positive_float(sigma, "sigma")
+        if on_ood not in ON_OOD_POLICIES:
+            raise UnknownNameError(f"on_ood must be one of {ON_OOD_POLICIES}, got {on_ood!r}")
+        if on_ood == "fallback" and (fallback is None or not callable(getattr(fallback, "act",
+                                                                              None))):
+            raise ConfigurationError("on_ood='fallback' needs fallback=<controller with act()>")
+        if trust is not None and not callable(trust):
+            raise TypeError("trust must be a TrustEstimator (callable on plan windows) or None")
+        self.trust, self.on_ood, self.fallback = trust, on_ood, fallback
         self.sigma_start = (None if sigma_start is None
                             else check_positive_float(sigma_start, "sigma_start"))
         self.iterations = check_positive_int(iterations, "iterations")
@@ -207,7 +247,7 @@ class DenoisingTracker:
                                  else check_positive_float(step_time_budget, "step_time_budget"))
         self.max_step = None if max_step is None else check_positive_float(max_step, "max_step")
         self.conditioning = conditioning
-        self.device, self.dtype = torch.device(device), dtype
+        self.device, self.dtype = check_device(device), dtype
         m, p = problem.input_dim, problem.output_dim
         self.m, self.p = m, p
         self.symmetry = Identity() if symmetry is None else symmetry
@@ -269,7 +309,12 @@ class DenoisingTracker:
                    candidate_stride: int | None = None, **kwargs: Any) -> DenoisingTracker:
         """Build from a trained model (``.denoiser``, ``.normalizer``, ``.window_length``) and,
         for cold starts, the dataset it was trained on (its windows every ``candidate_stride``
-        steps are the candidates; default a quarter window, which bounds their memory)."""
+        steps are the candidates; default a quarter window, which bounds their memory).
+
+        ``sigma="auto"`` takes the checkpoint's data-selected σ, or selects one now from the
+        trajectories of ``dataset`` training held out (:func:`ddcontrol.score.sigma.resolve_sigma`).
+        With a dataset and no ``trust=`` given, plans carry a confidence from a
+        :class:`~ddcontrol.trust.TrustEstimator` on the dataset (``trust=None``: none)."""
         if candidate_stride is None:
             candidate_stride = max(1, model.window_length // 4)
         past = model.window_length - problem.horizon
@@ -279,10 +324,22 @@ class DenoisingTracker:
         cand = None
         if dataset is not None:
             cand = model.model_windows(dataset, candidate_stride)
-        device = next(iter(model.denoiser.parameters())).device if hasattr(
-            model.denoiser, "parameters") else "cpu"
+        # The model's device: of its first parameter, or buffer (closed forms have only those).
+        tensors = (list(model.denoiser.parameters()) + list(model.denoiser.buffers())
+                   if hasattr(model.denoiser, "parameters") else [])
+        device = tensors[0].device if tensors else "cpu"
         kwargs.setdefault("device", device)
         kwargs.setdefault("symmetry", getattr(model, "symmetry", None))
+        if isinstance(kwargs.get("sigma"), str) and kwargs["sigma"] == "auto":
+            from ddcontrol.score.sigma import resolve_sigma
+
+            kwargs["sigma"] = resolve_sigma(model, dataset, past_length=past)
+        if dataset is not None and "trust" not in kwargs:
+            from ddcontrol.trust import TrustEstimator
+
+            kwargs["trust"] = TrustEstimator.from_model(
+                model, dataset, past_length=past, device=kwargs["device"],
+                repredict_sigma=float(kwargs.get("sigma", 0.05)))
         return cls(model.denoiser, model.normalizer, problem, candidates=cand, past_length=past,
                    **kwargs)
 
@@ -476,7 +533,9 @@ class DenoisingTracker:
         problem = Problem(self.manifold, f, g, lower=lo, upper=hi)
         if max_time is not None:
             max_time = max(max_time - (time.perf_counter() - start_t), 1e-6)
-        solver = self._make_solver(iterations or self.iterations, measured,
+        iterations = (self.iterations if iterations is None  # 0 is an error, never the default
+                      else check_positive_int(iterations, "iterations"))
+        solver = self._make_solver(iterations, measured,
                                    warm=initial_point is not None, max_time=max_time)
         result = solver.run(problem, initial_point=x0)
         with torch.no_grad():
@@ -489,6 +548,9 @@ class DenoisingTracker:
             initial_cost = float(self.cost(x0[best:best + 1])[0])
         if refine and self.refine_iterations:
             x = self._refine(x, measured)
+        # The reprediction term (a conditioned solve) only for refined plans: receding-horizon
+        # steps apply one input and keep the cheap measures (ddcontrol.trust).
+        report = None if self.trust is None else self.trust(x, repredict=refine).item(0)
         solve_time = time.perf_counter() - start_t
         w = self.symmetry.act(self._frame, self.normalizer.denormalize(x[0].double().cpu().numpy()))
         fut = w[self.past_length:]
@@ -499,7 +561,10 @@ class DenoisingTracker:
                           initial_cost=initial_cost, window=x[0].cpu().numpy(),
                           iterations=result.iterations, solve_time_s=solve_time,
                           manifold_distance=dist, solver_result=result,
-                          frame=np.array(self._frame, dtype=float))
+                          frame=np.array(self._frame, dtype=float),
+                          estimated_deviation=None if report is None
+                          else report["estimated_deviation"],
+                          ood=None if report is None else report["ood"], trust=report)
 
     # -- receding horizon (a Gymnasium-loop policy) ----------------------------------------------
     name = "denoising"
@@ -518,6 +583,11 @@ class DenoisingTracker:
         self.last_plan: PlanResult | None = None
         self.last_solve_time_s = 0.0
         self.step_index = 0
+        self.ood_steps = 0  # flagged steps of this episode (see on_ood)
+        self._good: tuple[int, np.ndarray] | None = None  # (step, inputs) of the last good plan
+        if (observation is not None and self.fallback is not None
+                and callable(getattr(self.fallback, "reset", None))):
+            self.fallback.reset(observation, info)
 
     def act(self, observation: np.ndarray, info: dict | None = None) -> np.ndarray:
         """Measure ``observation`` (y_k), plan, and return the input u_k to apply now (m,).
@@ -559,9 +629,32 @@ class DenoisingTracker:
         self.last_plan = plan
         self.last_solve_time_s = plan.solve_time_s
         u = plan.inputs[0].copy()
+        if plan.ood:
+            u = self._on_ood(plan, k, observation, info, u)
+        elif plan.ood is not None:
+            self._good = (k, plan.inputs)
         if not np.all(np.isfinite(u)):
             warnings.warn("tracker produced a non-finite input; applying the warm-up input",
                           RuntimeWarning, stacklevel=2)
             u = self.warmup_input.copy()
         self._u_hist.append(u)
+        return u
+
+    def _on_ood(self, plan: PlanResult, k: int, observation: np.ndarray, info: dict | None,
+                u: np.ndarray) -> np.ndarray:
+        """The input to apply at flagged step ``k`` under the ``on_ood`` policy."""
+        self.ood_steps += 1
+        msg = (f"step {k}: plan flagged out of the data's distribution (estimated deviation "
+               f"{plan.estimated_deviation:.3g} > {plan.trust['threshold']:.3g})")
+        if self.on_ood == "raise":
+            raise OutOfDistributionError(msg)
+        if self.on_ood == "fallback":
+            return np.asarray(self.fallback.act(observation, info), dtype=float).reshape(self.m)
+        if self.on_ood == "hold":
+            if self._good is not None and k - self._good[0] < len(self._good[1]):
+                return self._good[1][k - self._good[0]].copy()
+            return self.warmup_input.copy()
+        if self.ood_steps == 1:  # once per episode; ood_steps counts the rest
+            warnings.warn(msg + "; later flagged steps are counted in ood_steps",
+                          RuntimeWarning, stacklevel=3)
         return u

@@ -1,0 +1,372 @@
+"""Calibrate the model-intrinsic plan confidence (:mod:`ddcontrol.trust`) against replay (issue 13).
+
+On four systems (mass-spring-damper, coupled masses, double pendulum, unicycle) a small model is
+trained once (``--minutes`` each, cached in ``benchmarks/models/trust-<system>/``), then
+``--plans`` finite-horizon plans are made from the data's initial state (T_ini = 0, the paper's
+finite-horizon setting), batched: half for references in the data's range (the outputs of
+held-out trajectories, reachable by construction) and half out of it, in three kinds:
+
+* ``scaled``: a held-out trajectory's outputs scaled by 2-4 (beyond the data's outputs);
+* ``step``: a step at sample 0 to 1-2x the largest output in the data (unreachable at once);
+* ``speed``: a fast sine (period 3-6 samples) of in-range amplitude (speeds never seen); for
+  the unicycle a straight line at 2-4x the fastest speed in the data.
+
+Each plan is a cold start at the cheapest training window, ``--iterations`` of DRGD with input
+bounds and a trust radius (the tracker's "pin" solver with nothing measured), then the tracker's
+refinement (inputs pinned, σ annealed to 0.02). Its inputs are replayed in the true simulator
+from the true initial state; the label is ``deviation > 0.1`` (``ddcontrol.evaluate.replay``).
+The planning σ is chosen from held-out data by :func:`ddcontrol.score.sigma.select_sigma`.
+
+Reported per system: AUROC of the estimated deviation and of each component alone, recall and
+false-alarm rate at the default threshold, the same per kind of reference, and the counts.
+Writes ``benchmarks/results/trust.json`` and ``benchmarks/results/trust_roc.png``.
+
+Run (the recorded result; the first two train and cache the models, each run < 10 minutes on a
+shared 2-core CPU, the last took 410 s)::
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_trust.py --systems msd coupled --minutes 3
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_trust.py --systems pendulum unicycle \
+        --minutes 4
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_trust.py
+
+Recorded (120 plans per system, default threshold 0.1): AUROC 0.953 (pendulum) and 0.971
+(unicycle), recall 0.78 / 0.81 at 6 % / 8 % false alarms. The linear systems hardly drift
+(0 and 1 of 120 plans: their models extrapolate correctly), so their AUROC is undefined or
+rests on one plan; the support term flags 23 % of their good plans (all the steps, a third of
+the scaled references). The former replay rule (true cost > 1.5x predicted) missed 29 of 37
+and 40 of 47 plans with deviation > 0.1, and 10 of the 11 replays worse than the best
+training window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_geometry import steps_for_budget  # noqa: E402
+
+from ddcontrol._io import atomic_write  # noqa: E402
+from ddcontrol.data import TrajectoryDataset, collect, make_dynamics  # noqa: E402
+from ddcontrol.evaluate.replay import DRIFT_COST_RATIO, DRIFT_DEVIATION  # noqa: E402
+from ddcontrol.manifold import BehaviorManifold  # noqa: E402
+from ddcontrol.score import TrainConfig, load_model, train  # noqa: E402
+from ddcontrol.score.sigma import select_sigma  # noqa: E402
+from ddcontrol.solvers import Problem  # noqa: E402
+from ddcontrol.solvers.conditioned import ConditionedDRGD  # noqa: E402
+from ddcontrol.trust import TrustEstimator  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = Path(__file__).parent / "models"
+COMPONENTS = ("estimated_deviation", "residual", "sigma_shift", "reprediction", "support",
+              "local_support")
+
+# name: env, trajectories, window (= horizon), initial state, excitation, tracked channels
+SYSTEMS: dict[str, dict[str, Any]] = {
+    "msd": dict(env="ddcontrol/MassSpringDamper-v0", n=3000, window=30, x0=[0.5, 0.0],
+                excitation=("gaussian", {"bandwidth": 1.0, "amplitude": 0.4}), channels=None),
+    "coupled": dict(env="ddcontrol/CoupledMasses-v0", n=3000, window=30, x0=[0.0] * 4,
+                    excitation=("gaussian", {"bandwidth": 1.0, "amplitude": 0.4}),
+                    channels=None),
+    "pendulum": dict(env="ddcontrol/DoublePendulum-v0", n=3000, window=40, x0=[0.0] * 4,
+                     excitation=("mixed", {}), channels=None),
+    "unicycle": dict(env="ddcontrol/Unicycle-v0", n=3000, window=30, x0=[0.0] * 5,
+                     excitation=("gaussian", {"bandwidth": 0.2, "amplitude": 0.6}),
+                     channels=None, env_kwargs={"outputs": ["x", "y"]}),
+}
+
+
+def dataset_and_model(name: str, minutes: float) -> tuple[TrajectoryDataset, Any]:
+    """Generate (once) the dataset and train (once) the model of system ``name``."""
+    s = SYSTEMS[name]
+    folder = MODELS / f"trust-{name}"
+    data_path = folder / "data.npz"
+    if data_path.exists():
+        data = TrajectoryDataset.load(data_path)
+    else:
+        exc, params = s["excitation"]
+        data = collect(s["env"], s["n"], s["window"], excitation=exc, excitation_params=params,
+                       initial_states=np.array(s["x0"], dtype=float), seed=0,
+                       env_kwargs=s.get("env_kwargs"))
+        data.save(data_path)
+    if not (folder / "checkpoint.pt").exists():
+        cfg = TrainConfig(out=str(folder), window=s["window"], overwrite=True, progress=False,
+                          num_threads=1, val_every=0, checkpoint_every=0)
+        cfg.steps = steps_for_budget(cfg, data, minutes)
+        print(f"[{name}] training {cfg.steps} steps (~{minutes} min)", flush=True)
+        train(cfg, data)
+    return data, load_model(folder, dataset=data)
+
+
+def references(name: str, held: TrajectoryDataset, data: TrajectoryDataset, count: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """``count`` references (count, N, q): half in range, the rest split over three kinds."""
+    s = SYSTEMS[name]
+    ch = s["channels"] if s["channels"] is not None else list(range(data.output_dim))
+    n_h = s["window"]
+    y_data = data.y[..., ch]
+    top = np.abs(y_data).max(axis=(0, 1))                      # (q,) largest |y| per channel
+    half = count // 2
+    kinds = ["in-range"] * half
+    refs = [held.y[i % held.num_trajectories][:, ch] for i in range(half)]
+    t = np.arange(n_h)
+    for j in range(count - half):
+        kind = ("scaled", "step", "speed")[j % 3]
+        kinds.append(kind)
+        if kind == "scaled":
+            base = held.y[rng.integers(held.num_trajectories)][:, ch]
+            refs.append(base * rng.uniform(2.0, 4.0))
+        elif kind == "step":
+            level = rng.uniform(1.0, 2.0, size=len(ch)) * top * rng.choice([-1.0, 1.0],
+                                                                             size=len(ch))
+            refs.append(np.broadcast_to(level, (n_h, len(ch))).copy())
+        elif name == "unicycle":
+            dist = np.linalg.norm(np.diff(data.y[..., ch], axis=1), axis=-1).max()
+            heading = rng.uniform(0, 2 * np.pi)
+            speed = rng.uniform(2.0, 4.0) * dist
+            refs.append(np.stack([np.cos(heading), np.sin(heading)], -1) * speed * t[:, None])
+        else:
+            period = rng.uniform(3.0, 6.0)
+            amp = rng.uniform(0.3, 0.8) * top
+            refs.append(amp * np.sin(2 * np.pi * t[:, None] / period + rng.uniform(0, 6.3)))
+    return np.stack(refs), kinds
+
+
+class BatchCost:
+    """Tracking cost of normalised windows (B, N, m + p), one reference per plan (T_ini = 0)."""
+
+    def __init__(self, refs: np.ndarray, mean: np.ndarray, std: np.ndarray, m: int,
+                 channels: list[int], q_weight: float = 1.0, r_weight: float = 0.01) -> None:
+        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        self.ref, self.mean, self.std = as_t(refs), as_t(mean), as_t(std)
+        self.m, self.idx = m, torch.as_tensor([m + c for c in channels])
+        self.q, self.r = q_weight, r_weight
+
+    def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = x * self.std + self.mean
+        return w[..., : self.m], w[..., self.idx] - self.ref[: x.shape[0]]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        u, e = self._parts(x)
+        return self.q * (e * e).sum(dim=(-1, -2)) + self.r * (u * u).sum(dim=(-1, -2))
+
+    def egrad(self, x: torch.Tensor) -> torch.Tensor:
+        u, e = self._parts(x.detach())
+        g = torch.zeros_like(x)
+        g[..., : self.m] = 2.0 * self.r * u * self.std[: self.m]
+        g[..., self.idx] = 2.0 * self.q * e * self.std[self.idx]
+        return g
+
+    def lipschitz(self) -> float:
+        return float(max(2 * self.q * self.std[self.idx].max() ** 2,
+                         2 * self.r * self.std[: self.m].max() ** 2))
+
+
+def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: list[int],
+               sigma: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batched tracker-style plans (normalised windows (B, L, C)) for references (B, N, q), and
+    the cost of the best training window (same start) for each reference (B,)."""
+    m, norm = model.input_dim, model.normalizer
+    cost = BatchCost(refs, norm.mean, norm.std, m, channels)
+    cand = torch.as_tensor(norm.normalize(data.windows(model.window_length, data.horizon)),
+                           dtype=torch.float32)
+    with torch.no_grad():
+        scores = torch.stack([BatchCost(r[None], norm.mean, norm.std, m, channels)(cand)
+                              for r in refs])
+    x0 = cand[scores.argmin(dim=1)].clone()
+    best_cost = scores.min(dim=1).values.double().numpy()
+    dyn = make_dynamics(data.metadata["env_id"], data.metadata.get("env_kwargs"))
+    lo = np.full((model.window_length, model.channels), -np.inf)
+    hi = np.full_like(lo, np.inf)
+    lo[:, :m] = (dyn.input_low - norm.mean[:m]) / norm.std[:m]
+    hi[:, :m] = (dyn.input_high - norm.mean[:m]) / norm.std[:m]
+    lo_t, hi_t = (torch.as_tensor(b, dtype=torch.float32) for b in (lo, hi))
+    empty = torch.zeros(model.window_length, model.channels, dtype=torch.bool)
+    problem = Problem(BehaviorManifold(model.denoiser, sigma), cost, cost.egrad, lower=lo_t,
+                      upper=hi_t)
+    solver = ConditionedDRGD(empty, torch.zeros(empty.shape), step_size=1.0 / cost.lipschitz(),
+                             damping=0.05, max_step=0.5, max_iterations=iterations,
+                             min_gradient_norm=0.0, record_history=False)
+    x = solver.run(problem, initial_point=x0).point
+    # The tracker's refinement: pin the (clipped) inputs, pull the outputs onto the manifold.
+    values = x.clone()
+    values[..., :m] = torch.clamp(values[..., :m], lo_t[:, :m], hi_t[:, :m])
+    mask = empty.clone()
+    mask[:, :m] = True
+    refine_sigma = min(sigma, 0.02)
+    anneal = {} if refine_sigma == sigma else {"sigma_start": sigma, "anneal_iterations": 4}
+    zero = lambda z: torch.zeros(z.shape[0])  # noqa: E731
+    refine = ConditionedDRGD(mask, values, step_size=1.0, max_iterations=8,
+                             min_gradient_norm=0.0, record_history=False, **anneal)
+    out = refine.run(Problem(BehaviorManifold(model.denoiser, refine_sigma), zero,
+                             torch.zeros_like), initial_point=x).point
+    out[:, mask] = values[:, mask]
+    return out.numpy(), best_cost
+
+
+def auroc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve (probability a positive outranks a negative, ties half)."""
+    pos, neg = score[label], score[~label]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    ranks[order] = np.arange(1, len(order) + 1)
+    for v in np.unique(allv):                     # average ranks of ties
+        tie = np.concatenate([pos, neg]) == v
+        ranks[tie] = ranks[tie].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def roc_curve(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False-alarm and recall rates over every threshold."""
+    thr = np.concatenate([[np.inf], np.sort(np.unique(score))[::-1]])
+    pos, neg = max(label.sum(), 1), max((~label).sum(), 1)
+    tpr = np.array([(score[label] >= t).sum() / pos for t in thr])
+    fpr = np.array([(score[~label] >= t).sum() / neg for t in thr])
+    return fpr, tpr
+
+
+def rates(flag: np.ndarray, label: np.ndarray) -> dict[str, Any]:
+    """Recall (flagged drifting) and false-alarm rate (flagged good), with counts."""
+    return {"recall": float(flag[label].mean()) if label.any() else None,
+            "false_alarm_rate": float(flag[~label].mean()) if (~label).any() else None,
+            "drifting": int(label.sum()), "good": int((~label).sum())}
+
+
+def run_system(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    t0 = time.perf_counter()
+    s = SYSTEMS[name]
+    data, model = dataset_and_model(name, args.minutes)
+    cfg = model.config
+    train_ds, held = data.split(1.0 - float(cfg.get("val_fraction", 0.1)),
+                                seed=int(cfg.get("seed", 0)))
+    rng = np.random.default_rng(args.seed)
+    channels = s["channels"] if s["channels"] is not None else list(range(data.output_dim))
+    if args.sigma is not None:
+        sigma, sweep = args.sigma, None
+    else:
+        sel = select_sigma(model, held, past_length=0, max_windows=48, seed=args.seed)
+        sigma, sweep = sel.sigma, sel.as_dict()
+    refs, kinds = references(name, held, data, args.plans, rng)
+    plans, best_cost = make_plans(model, train_ds, refs, channels, sigma, args.iterations)
+    norm = model.normalizer
+    phys = norm.denormalize(plans.astype(np.float64))
+    dyn = make_dynamics(data.metadata["env_id"], data.metadata.get("env_kwargs"))
+    u = np.clip(phys[..., : model.input_dim], dyn.input_low, dyn.input_high)
+    x0 = np.repeat(np.array(s["x0"], dtype=float)[None], len(plans), axis=0)
+    y_true, _ = dyn.simulate(x0, u)
+    y_pred = phys[..., model.input_dim:]
+    dev = (np.linalg.norm((y_pred - y_true).reshape(len(plans), -1), axis=1)
+           / np.maximum(np.linalg.norm(y_true.reshape(len(plans), -1), axis=1), 1e-12))
+    label = dev > DRIFT_DEVIATION
+    # The replay-side drift rules on the same plans (cost weights of BatchCost: Q = 1, R = 0.01).
+    e_true, e_pred = y_true[..., channels] - refs, y_pred[..., channels] - refs
+    energy = 0.01 * (u ** 2).sum(axis=(1, 2))
+    true_cost = (e_true ** 2).sum(axis=(1, 2)) + energy
+    pred_cost = (e_pred ** 2).sum(axis=(1, 2)) + energy
+    worse = true_cost > best_cost
+    old_rule = (true_cost > DRIFT_COST_RATIO * pred_cost) & label
+    new_rule = label | worse
+    trust = TrustEstimator.from_model(model, data, repredict_sigma=sigma, **args.trust)
+    report = trust(torch.as_tensor(plans))
+    kinds_arr = np.array(kinds)
+    scores = {c: getattr(report, c) for c in COMPONENTS}
+    out: dict[str, Any] = {
+        "env_id": s["env"], "plans": len(plans), "sigma": sigma, "sigma_selection": sweep,
+        "threshold": report.threshold,
+        "auroc": auroc(report.estimated_deviation, label),
+        **rates(report.ood, label),
+        "auroc_components": {c: auroc(v, label) for c, v in scores.items()},
+        "auroc_in_vs_out_of_range": auroc(report.estimated_deviation, kinds_arr != "in-range"),
+        "median_deviation": {k: float(np.median(dev[kinds_arr == k])) for k in set(kinds)},
+        "drift_rules": {"deviation_above_0.1": int(label.sum()),
+                        "replay_worse_than_best_window": int(worse.sum()),
+                        "old_rule_flagged": int(old_rule.sum()),
+                        "old_rule_missed_worse_than_best_window": int((worse & ~old_rule).sum()),
+                        "old_rule_missed_deviation_above_0.1": int((label & ~old_rule).sum()),
+                        "new_rule_flagged": int(new_rule.sum())},
+        "per_kind": {}, "time_s": None,
+    }
+    for k in ("in-range", "scaled", "step", "speed"):
+        sel_k = kinds_arr == k
+        with_in = sel_k | (kinds_arr == "in-range")
+        out["per_kind"][k] = {"plans": int(sel_k.sum()),
+                              # AUROC over this kind's plans together with the in-range ones
+                              "auroc_with_in_range": auroc(report.estimated_deviation[with_in],
+                                                           label[with_in]),
+                              "drifting_fraction": float(label[sel_k].mean()),
+                              "flagged_fraction": float(report.ood[sel_k].mean()),
+                              **rates(report.ood[sel_k], label[sel_k])}
+    out["time_s"] = round(time.perf_counter() - t0, 1)
+    raw = {"deviation": dev, "label": label, "kinds": kinds_arr, **scores}
+    print(f"[{name}] sigma={sigma:.3g} plans={len(plans)} drifting={int(label.sum())} "
+          f"AUROC={out['auroc']:.3f} recall={out['recall']} "
+          f"false alarms={out['false_alarm_rate']} "
+          f"components={ {c: round(v, 3) for c, v in out['auroc_components'].items()} } "
+          f"({out['time_s']} s)", flush=True)
+    return out, raw
+
+
+def plot_roc(raws: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(raws), figsize=(4 * len(raws), 3.8), squeeze=False)
+    for ax, (name, raw) in zip(axes[0], raws.items()):
+        for c in COMPONENTS:
+            fpr, tpr = roc_curve(raw[c], raw["label"])
+            ax.plot(fpr, tpr, lw=2.0 if c == "estimated_deviation" else 1.0,
+                    label=f"{c} ({auroc(raw[c], raw['label']):.2f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("false-alarm rate")
+        ax.set_ylabel("recall")
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+    ap.add_argument("--plans", type=int, default=120)
+    ap.add_argument("--minutes", type=float, default=1.0, help="training budget per model")
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--sigma", type=float, default=None, help="planning σ (default: selected)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "trust.json"))
+    args = ap.parse_args(argv)
+    args.trust = {"repredict_iterations": 20}
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    results, raws = {}, {}
+    for name in args.systems:
+        results[name], raws[name] = run_system(name, args)
+    doc = {"benchmark": "trust", "command": " ".join(sys.argv), "args": {
+        k: v for k, v in vars(args).items() if k != "trust"},
+        "platform": platform.platform(), "torch": torch.__version__,
+        "time_s": round(time.perf_counter() - t0, 1), "results": results}
+    out = Path(args.out)
+    atomic_write(out, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
+    plot_roc(raws, out.with_name(out.stem + "_roc.png"))
+    np.savez(out.with_name(out.stem + "_raw.npz"),
+             **{f"{n}_{k}": v for n, r in raws.items() for k, v in r.items()})
+    print(f"wrote {out} ({doc['time_s']} s)")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

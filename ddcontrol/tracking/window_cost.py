@@ -1,0 +1,137 @@
+"""The tracking cost on normalised trajectory windows (torch): the form the manifold solvers minimise.
+
+:meth:`ddcontrol.tracking.problem.TrackingProblem.window_cost` builds a :class:`WindowCost`: the
+batched cost of windows ``x`` (B, L, m + p) with an analytic gradient and the Lipschitz constant
+of that gradient. :class:`FramedWindowCost` evaluates it on windows held in a symmetry's canonical
+frame. The problem definition itself (:mod:`ddcontrol.tracking.problem`) imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddcontrol.data.normalize import Normalizer
+from ddcontrol.errors import DimensionError
+
+if TYPE_CHECKING:
+    from ddcontrol.tracking.problem import TrackingProblem
+
+__all__ = ["WindowCost", "FramedWindowCost"]
+
+
+class WindowCost:
+    """Batched tracking cost of normalised windows ``x`` (B, T_ini + N_h, m + p), and its gradient.
+
+    Only the last N_h steps (the future block) are costed; the past block is conditioning. The
+    gradient is analytic (the cost is quadratic), so a solver needs no backward pass through it.
+    """
+
+    def __init__(self, problem: TrackingProblem, normalizer: Normalizer, past_length: int,
+                 start: int, dtype: torch.dtype, device: Any) -> None:
+        m, p = problem.input_dim, problem.output_dim
+        if normalizer.channels != m + p or normalizer.input_dim != m:
+            raise DimensionError(f"normaliser has {normalizer.channels} channels "
+                                 f"({normalizer.input_dim} inputs); the problem needs {m + p} "
+                                 f"({m} inputs)")
+        self.problem, self.past_length, self.m = problem, int(past_length), m
+        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+        self.mean, self.std = as_t(normalizer.mean), as_t(normalizer.std)
+        self.y_idx = torch.as_tensor([m + c for c in problem.channels], device=device)
+        self.Q, self.R = as_t(problem.Q_matrix), as_t(problem.R_matrix)
+        self.set_start(start)
+
+    def set_start(self, start: int) -> None:
+        """Move the reference so that the future block begins at step ``start``."""
+        self.start = int(start)
+        self.ref = torch.as_tensor(self.problem.reference_values(self.start, self.problem.horizon),
+                                   dtype=self.mean.dtype, device=self.mean.device)
+
+    def _future(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        w = x[:, self.past_length:] * self.std + self.mean
+        return w[..., : self.m], w[..., self.y_idx] - self.ref
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Cost (B,) of normalised windows x (B, L, C)."""
+        u, e = self._future(x)
+        return ((e @ self.Q) * e).sum(dim=(-1, -2)) + ((u @ self.R) * u).sum(dim=(-1, -2))
+
+    def egrad(self, x: Tensor) -> Tensor:
+        """Euclidean gradient w.r.t. the normalised window, shape of x (detached)."""
+        u, e = self._future(x.detach())
+        g = torch.zeros_like(x)
+        fut = g[:, self.past_length:]
+        fut[..., : self.m] = 2.0 * (u @ self.R) * self.std[: self.m]
+        fut[..., self.y_idx] = 2.0 * (e @ self.Q) * self.std[self.y_idx]
+        return g
+
+    def lipschitz(self) -> float:
+        """Lipschitz constant of the gradient in normalised coordinates (largest Hessian eigenvalue
+        of the quadratic, ignoring the manifold)."""
+        s_u, s_y = self.std[: self.m], self.std[self.y_idx]
+        hu = torch.linalg.eigvalsh(2.0 * self.R * torch.outer(s_u, s_u)).max()
+        hy = torch.linalg.eigvalsh(2.0 * self.Q * torch.outer(s_y, s_y)).max()
+        return float(torch.maximum(hu, hy))
+
+
+class FramedWindowCost:
+    """The tracking cost of windows held in a symmetry's canonical frame.
+
+    A model with a symmetry (:mod:`ddcontrol.symmetry`) works on canonical windows ``x̃``
+    (normalised); the reference and ``Q`` stay in world units. For the frame ``g`` fixed by the
+    measured past, the cost is ``f(N(g · N⁻¹(x̃)))`` with ``N`` the normalisation: an affine map
+    of ``x̃`` followed by the quadratic :class:`WindowCost`, so its gradient is one cheap
+    vector-Jacobian product of that map (no network pass).
+    """
+
+    def __init__(self, cost: WindowCost, symmetry: Any, normalizer: Normalizer) -> None:
+        self.cost, self.symmetry, self.normalizer = cost, symmetry, normalizer
+        self.past_length, self.m = cost.past_length, cost.m
+        self.set_frame(None)
+
+    @property
+    def start(self) -> int:
+        return self.cost.start
+
+    def set_start(self, start: int) -> None:
+        self.cost.set_start(start)
+
+    def set_frame(self, g: Any) -> None:
+        """The world frame of the windows: group element (k,) or (B, k); None → identity."""
+        mean = self.cost.mean
+        if g is None:
+            g = self.symmetry.identity_element()
+        self.g = torch.as_tensor(np.asarray(g, dtype=float), dtype=mean.dtype,
+                                 device=mean.device)
+        self._lip_factor: float | None = None
+
+    def to_world(self, x: Tensor) -> Tensor:
+        """Normalised canonical windows (B, L, C) → normalised world windows."""
+        n = self.normalizer
+        return n.normalize(self.symmetry.act(self.g, n.denormalize(x)))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.cost(self.to_world(x))
+
+    def egrad(self, x: Tensor) -> Tensor:
+        """Euclidean gradient w.r.t. the canonical normalised window (detached)."""
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            w = self.to_world(xx)
+            (grad,) = torch.autograd.grad(w, xx, self.cost.egrad(w))
+        return grad
+
+    def lipschitz(self) -> float:
+        """The world cost's constant times ‖A‖², A the linear part of the frame map (one sample)."""
+        if self._lip_factor is None:
+            z = torch.zeros(1, 1, self.normalizer.channels, dtype=self.cost.mean.dtype,
+                            device=self.cost.mean.device)
+            g0 = self.g if self.g.ndim == 1 else self.g[0]
+            saved, self.g = self.g, g0
+            jac = torch.autograd.functional.jacobian(lambda v: self.to_world(v).reshape(-1), z)
+            self.g = saved
+            self._lip_factor = float(torch.linalg.matrix_norm(jac.reshape(z.numel(), -1), 2)) ** 2
+        return self.cost.lipschitz() * self._lip_factor

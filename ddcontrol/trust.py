@@ -1,0 +1,397 @@
+"""How far to trust a plan, from the model and its data alone (no simulator).
+
+A plan is a normalised window ``x`` (B, L, m + p) whose future outputs are the model's prediction
+y* for the planned inputs. On a real plant nothing tells whether y* is what the system will do;
+:class:`TrustEstimator` measures, from the denoiser D, a sample of its training windows and the
+plan only:
+
+``sigma_shift``
+    ‖[D(x, σ_p) − x]_{y, future}‖ / ‖y*‖ in physical units at a probe σ_p (0.2) above the
+    planning σ: how far the model itself moves the predicted outputs once it may pull them
+    towards where its data are (the disagreement of the prediction across σ). On the data it
+    is of the order of the replay deviation (mass-spring-damper: 0.014 against 0.009).
+``support``
+    Nearest-neighbour distance of the whole window to a subsample of training windows, divided
+    by the ``quantile`` (0.99) of the same distance for held-out windows (1 = as far as the
+    farthest percent of real, unseen windows).
+``local_support``
+    The same ratio for snippets of ``snippet`` consecutive samples (u, y), maximised over the
+    window: an output level, a speed or an input-output pairing the data never showed makes
+    one snippet far from every training snippet, whatever the rest of the window does.
+``residual``
+    RMS of D(x, σ_r) − x over the window at σ_r = 0.02 (normalised units). Solvers end on the
+    learned manifold, so it is small for most plans, in range or not (AUROC 0.59-0.92).
+``sensitivity``
+    ‖Δy*‖ / ‖y*‖ for a perturbation of the measured past of ``noise_std`` through D(·, σ_r);
+    zero without a past block (not calibrated: the benchmark plans have T_ini = 0).
+``reprediction``
+    ‖y_re − y*‖ / ‖y*‖ where y_re is the model's own prediction for the plan's past and inputs
+    from a neutral start (:func:`~ddcontrol.score.sigma.conditioned_prediction`, 20
+    Gauss-Newton pulls): the disagreement of the prediction across initialisations. The best
+    single measure on the double pendulum (AUROC 0.97), but 0.74 on the unicycle, where the
+    conditioned prediction itself is noisy. Only its part above ``repredict_floor``, the 99th
+    percentile of the same procedure's true error on held-out windows (what the model gets
+    wrong on real, unseen behaviour), enters the estimate.
+
+The estimated deviation adds them up, in units of the replay deviation::
+
+    estimated = sigma_shift + sensitivity
+                + excess_scale · max(0, max(support, local_support) − 1)
+                + max(0, reprediction − repredict_floor)
+
+and ``ood = estimated > threshold``. The σ-disagreement alone misses plans the model
+extrapolates smoothly but wrongly (pendulum steps: shift 0.045 for a replay deviation of 0.17);
+the support and reprediction terms catch them. Linear systems are the exception the support
+term gets wrong: their models extrapolate correctly, so plans far outside the data replay well
+and are flagged anyway (about 23 % of the good plans on the mass-spring-damper benchmark).
+``benchmarks/bench_trust.py`` calibrates all of it against replay on four systems; each
+component's AUROC alone is in ``benchmarks/results/trust.json``.
+
+The reprediction costs a conditioned solve per plan (about as much as the tracker's refinement);
+``TrustEstimator(..., repredict_iterations=0)`` or ``estimator(plan, repredict=False)`` leaves it
+out (the tracker does so in its receding-horizon steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddcontrol._validation import as_finite_array, check_positive_float, check_positive_int
+from ddcontrol.errors import ConfigurationError, DDControlError, DimensionError
+from ddcontrol.score.sigma import conditioned_prediction
+
+__all__ = ["TrustReport", "TrustEstimator", "nearest_distance", "DEFAULT_THRESHOLD",
+           "ON_OOD_POLICIES", "OutOfDistributionError"]
+
+DEFAULT_THRESHOLD = 0.1
+"""Estimated deviation above which a plan is flagged (the replay-side drift level)."""
+
+ON_OOD_POLICIES = ("warn", "hold", "fallback", "raise")
+"""What a closed-loop tracker does at a flagged step (see ``DenoisingTracker(on_ood=...)``)."""
+
+
+class OutOfDistributionError(DDControlError, RuntimeError):
+    """A plan was flagged out of the data's distribution under the policy ``on_ood="raise"``."""
+
+
+@dataclass
+class TrustReport:
+    """Model-intrinsic confidence of a batch of plans (every field has shape (B,)).
+
+    Attributes
+    ----------
+    estimated_deviation : ndarray
+        Estimate of ‖y* − y_true‖ / ‖y_true‖ over the future block (dimensionless).
+    ood : ndarray of bool
+        ``estimated_deviation > threshold``.
+    residual, sigma_shift, reprediction, support, local_support, sensitivity : ndarray
+        The measurements it is built from (see the module docstring).
+    threshold : float
+    """
+
+    estimated_deviation: np.ndarray
+    ood: np.ndarray
+    residual: np.ndarray
+    sigma_shift: np.ndarray
+    reprediction: np.ndarray
+    support: np.ndarray
+    local_support: np.ndarray
+    sensitivity: np.ndarray
+    threshold: float
+
+    def item(self, i: int = 0) -> dict[str, Any]:
+        """Plan ``i`` as a JSON-ready dict."""
+        out: dict[str, Any] = {"threshold": self.threshold}
+        for name in ("estimated_deviation", "residual", "sigma_shift", "reprediction",
+                     "support", "local_support", "sensitivity"):
+            out[name] = float(getattr(self, name)[i])
+        out["ood"] = bool(self.ood[i])
+        return out
+
+
+def nearest_distance(queries: Tensor, pool: Tensor, chunk: int = 4096,
+                     exclude_self: bool = False) -> Tensor:
+    """Euclidean distance from each query (Q, D) to its nearest point of ``pool`` (N, D); (Q,).
+
+    ``exclude_self`` (queries = pool) ignores zero distances of a point to itself.
+    """
+    best = torch.full((queries.shape[0],), torch.inf, dtype=queries.dtype,
+                      device=queries.device)
+    for start in range(0, pool.shape[0], chunk):
+        d = torch.cdist(queries, pool[start:start + chunk])
+        if exclude_self:
+            rows = torch.arange(queries.shape[0], device=queries.device)
+            cols = rows - start
+            ok = (cols >= 0) & (cols < d.shape[1])
+            d[rows[ok], cols[ok]] = torch.inf
+        best = torch.minimum(best, d.min(dim=1).values)
+    return best
+
+
+def _snippets(x: Tensor, length: int) -> Tensor:
+    """(B, L, C) windows -> (B, L - length + 1, length * C) overlapping snippets."""
+    return x.unfold(1, length, 1).transpose(-1, -2).reshape(x.shape[0], -1, length * x.shape[2])
+
+
+class TrustEstimator:
+    """Confidence of plans from a denoiser, a sample of its data and the plan (no simulator).
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``D(x, σ)`` on normalised windows (B, L, m + p).
+    windows : ndarray or Tensor, shape (N, L, m + p)
+        Training windows, normalised units (the support of the data).
+    input_dim : int
+        m; channels ``[:m]`` are inputs, ``[m:]`` outputs.
+    held_out : ndarray or Tensor, shape (H, L, m + p), optional
+        Windows the pool does not contain (other trajectories), to measure the typical
+        nearest-neighbour distance of real behaviour. Default: the last ``held_out_fraction``
+        of ``windows`` (windows are trajectory-major, so those are other trajectories).
+    past_length : int
+        T_ini: rows ``[:T_ini]`` are the measured past, rows ``[T_ini:]`` the plan.
+    mean, std : array (m + p,), optional
+        The model's normalisation (physical = normalised · std + mean); identity if omitted.
+    residual_sigma : float
+        σ_r of the residual and of the sensitivity (normalised units).
+    probe_sigma : float
+        σ_p of ``sigma_shift``.
+    repredict_sigma, repredict_iterations : float, int
+        σ (the planning σ is a good choice) and Gauss-Newton pulls of ``reprediction``
+        (0 iterations: not computed, zeros).
+    repredict_quantile : float
+        Quantile of the held-out conditioned-prediction errors that sets ``repredict_floor``.
+    snippet : int
+        Samples per snippet of ``local_support``.
+    noise_std : float
+        Perturbation of the past for ``sensitivity`` (normalised units).
+    quantile : float
+        Quantile of the held-out nearest-neighbour distances that defines support ratio 1.
+    excess_scale : float
+        Estimated deviation per unit of support ratio beyond 1.
+    threshold : float
+        ``ood`` fires above this estimated deviation.
+    held_out_fraction : float
+        Share of ``windows`` held out when ``held_out`` is not given.
+    max_windows, max_snippets, max_held_out : int
+        Sizes of the (seeded, uniform) subsamples that bound memory and time.
+    seed : int
+    """
+
+    def __init__(self, denoiser: Any, windows: Any, *, input_dim: int,
+                 held_out: Any = None, past_length: int = 0,
+                 mean: Any = None, std: Any = None, residual_sigma: float = 0.02,
+                 probe_sigma: float = 0.2, repredict_sigma: float = 0.05,
+                 repredict_iterations: int = 20, repredict_quantile: float = 0.99,
+                 snippet: int = 3, noise_std: float = 0.01,
+                 quantile: float = 0.99, excess_scale: float = 0.2,
+                 threshold: float = DEFAULT_THRESHOLD, held_out_fraction: float = 0.1,
+                 max_windows: int = 4096, max_snippets: int = 20000, max_held_out: int = 512,
+                 seed: int = 0, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        if not callable(denoiser):
+            raise TypeError("denoiser must be callable as D(x, sigma)")
+        self.denoiser = denoiser
+        self.device, self.dtype = torch.device(device), dtype
+        w = self._as_windows(windows, "windows")
+        n, length, channels = w.shape
+        self.window_length, self.channels = length, channels
+        self.m = check_positive_int(input_dim, "input_dim")
+        if self.m >= channels:
+            raise DimensionError(f"input_dim {self.m} leaves no output channel of {channels}")
+        self.past_length = check_positive_int(past_length, "past_length", allow_zero=True)
+        if self.past_length >= length:
+            raise DimensionError(f"past_length {self.past_length} leaves no future in windows "
+                                 f"of {length} steps")
+        self.residual_sigma = check_positive_float(residual_sigma, "residual_sigma")
+        self.probe_sigma = check_positive_float(probe_sigma, "probe_sigma")
+        self.repredict_sigma = check_positive_float(repredict_sigma, "repredict_sigma")
+        self.repredict_iterations = check_positive_int(repredict_iterations,
+                                                       "repredict_iterations", allow_zero=True)
+        if not 0.0 < repredict_quantile <= 1.0:
+            raise ConfigurationError(f"repredict_quantile must be in (0, 1], got "
+                                     f"{repredict_quantile}")
+        self.repredict_quantile = float(repredict_quantile)
+        self._floor: float | None = None
+        self.snippet = check_positive_int(snippet, "snippet")
+        if self.snippet > length:
+            raise ConfigurationError(f"snippet {self.snippet} is longer than the windows")
+        self.noise_std = check_positive_float(noise_std, "noise_std")
+        self.excess_scale = check_positive_float(excess_scale, "excess_scale", allow_zero=True)
+        self.threshold = check_positive_float(threshold, "threshold")
+        if not 0.0 < quantile <= 1.0:
+            raise ConfigurationError(f"quantile must be in (0, 1], got {quantile}")
+        self.scale_mean = self._channel_vector(mean, 0.0, "mean")
+        self.scale_std = self._channel_vector(std, 1.0, "std")
+        gen = np.random.default_rng(seed)
+        if held_out is None:
+            if not 0.0 < held_out_fraction < 1.0:
+                raise ConfigurationError("held_out_fraction must be in (0, 1)")
+            k = max(1, int(round(held_out_fraction * n)))
+            if n - k < 1:
+                raise DimensionError("need at least 2 windows to hold some out")
+            w, h = w[: n - k], w[n - k:]
+        else:
+            h = self._as_windows(held_out, "held_out")
+            if h.shape[1:] != (length, channels):
+                raise DimensionError(f"held_out must be (H, {length}, {channels}), got "
+                                     f"{tuple(h.shape)}")
+        w = self._subsample(w, max_windows, gen)
+        h = self._subsample(h, max_held_out, gen)
+        # The reprediction floor is measured (lazily) on 128 of them, spread over the set.
+        self._floor_windows = h[:: max(1, h.shape[0] // 128)][:128]
+        self.pool = w.reshape(w.shape[0], -1)
+        snip = _snippets(w, self.snippet).reshape(-1, self.snippet * channels)
+        self.snippet_pool = self._subsample(snip, max_snippets, gen)
+        with torch.no_grad():
+            d_win = nearest_distance(h.reshape(h.shape[0], -1), self.pool)
+            hs = _snippets(h, self.snippet)
+            d_snip = nearest_distance(hs.reshape(-1, hs.shape[-1]), self.snippet_pool)
+            d_snip = d_snip.reshape(hs.shape[0], hs.shape[1]).max(dim=1).values
+        self.window_scale = max(float(torch.quantile(d_win, quantile)), 1e-12)
+        self.snippet_scale = max(float(torch.quantile(d_snip, quantile)), 1e-12)
+
+    # -- construction helpers -------------------------------------------------------------------
+    def _as_windows(self, value: Any, name: str) -> Tensor:
+        if isinstance(value, Tensor):
+            arr = value.detach().to(device=self.device, dtype=self.dtype)
+            if arr.ndim != 3 or arr.shape[0] == 0:
+                raise DimensionError(f"{name} must have shape (N, L, C), got {tuple(arr.shape)}")
+            if not bool(torch.isfinite(arr).all()):
+                raise DimensionError(f"{name} contains NaN or inf")
+            return arr
+        arr = as_finite_array(value, name, ndim=3)
+        if arr.shape[0] == 0:
+            raise DimensionError(f"{name} is empty")
+        return torch.as_tensor(arr, dtype=self.dtype, device=self.device)
+
+    def _channel_vector(self, value: Any, default: float, name: str) -> Tensor:
+        if value is None:
+            return torch.full((self.channels,), default, dtype=self.dtype, device=self.device)
+        arr = as_finite_array(value, name, ndim=1)
+        if arr.shape != (self.channels,):
+            raise DimensionError(f"{name} must have shape ({self.channels},), got {arr.shape}")
+        return torch.as_tensor(arr, dtype=self.dtype, device=self.device)
+
+    @staticmethod
+    def _subsample(x: Tensor, k: int, gen: np.random.Generator) -> Tensor:
+        if x.shape[0] <= k:
+            return x
+        idx = np.sort(gen.choice(x.shape[0], size=k, replace=False))
+        return x[torch.as_tensor(idx, device=x.device)]
+
+    @classmethod
+    def from_model(cls, model: Any, dataset: Any, *, past_length: int = 0,
+                   **kwargs: Any) -> TrustEstimator:
+        """From a ``TrainedModel`` and the dataset it was trained on.
+
+        The held-out windows are the trajectories training held out (same split, same seed),
+        the pool the others; the physical scale is the model's normaliser.
+        """
+        cfg = getattr(model, "config", {}) or {}
+        frac, seed = float(cfg.get("val_fraction", 0.1)), int(cfg.get("seed", 0))
+        length = model.window_length
+        if hasattr(model, "model_windows"):  # the model's frame (canonical with a symmetry)
+            as_model = model.model_windows
+        else:
+            def as_model(ds: Any, stride: int) -> np.ndarray:
+                return model.normalizer.normalize(ds.windows(length, stride))
+        if 0.0 < frac < 1.0 and dataset.num_trajectories >= 2:
+            train_ds, val_ds = dataset.split(1.0 - frac, seed=seed)
+            windows, held = as_model(train_ds, 1), as_model(val_ds, 1)
+        else:
+            windows, held = as_model(dataset, 1), None
+        # The model's device: of its first parameter, or buffer (closed forms have only those).
+        tensors = (list(model.denoiser.parameters()) + list(model.denoiser.buffers())
+                   if hasattr(model.denoiser, "parameters") else [])
+        device = tensors[0].device if tensors else "cpu"
+        kwargs.setdefault("device", device)
+        return cls(model.denoiser, windows, input_dim=model.input_dim, held_out=held,
+                   past_length=past_length, mean=model.normalizer.mean,
+                   std=model.normalizer.std, **kwargs)
+
+    # -- measurement ----------------------------------------------------------------------------
+    def _relative_outputs(self, delta: Tensor, x: Tensor) -> Tensor:
+        """‖delta_y,future‖ / ‖y_future‖ in physical units, (B,)."""
+        t, m = self.past_length, self.m
+        std, mean = self.scale_std[m:], self.scale_mean[m:]
+        dy = delta[:, t:, m:] * std
+        y = x[:, t:, m:] * std + mean
+        num = dy.flatten(1).norm(dim=1)
+        return num / y.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+    def _reprediction(self, x: Tensor) -> Tensor:
+        again = conditioned_prediction(self.denoiser, x, self.repredict_sigma, input_dim=self.m,
+                                       past_length=self.past_length,
+                                       iterations=self.repredict_iterations)
+        return self._relative_outputs(again - x, x)
+
+    @property
+    def repredict_floor(self) -> float:
+        """The ``repredict_quantile`` of the true error of the conditioned prediction on
+        held-out windows (dimensionless); measured on first use."""
+        if self._floor is None:
+            h = self._floor_windows
+            again = conditioned_prediction(self.denoiser, h, self.repredict_sigma,
+                                           input_dim=self.m, past_length=self.past_length,
+                                           iterations=max(self.repredict_iterations, 1))
+            err = self._relative_outputs(again - h, h)
+            self._floor = float(torch.quantile(torch.nan_to_num(err, nan=torch.inf).clamp_max(
+                1e6), self.repredict_quantile))
+        return self._floor
+
+    @torch.no_grad()
+    def __call__(self, plan: Any, repredict: bool | None = None) -> TrustReport:
+        """Measure plans ``plan`` (B, L, m + p) or (L, m + p), normalised units.
+
+        ``repredict`` False skips the reprediction (cheaper; its term is then 0); default:
+        computed when ``repredict_iterations`` > 0.
+        """
+        if isinstance(plan, np.ndarray):
+            plan = torch.as_tensor(as_finite_array(plan, "plan"))
+        if not isinstance(plan, Tensor):
+            raise TypeError(f"plan must be an ndarray or Tensor, got {type(plan).__name__}")
+        x = plan.detach().to(device=self.device, dtype=self.dtype)
+        x = x[None] if x.ndim == 2 else x
+        if x.ndim != 3 or x.shape[1:] != (self.window_length, self.channels):
+            raise DimensionError(f"plan must be (B, {self.window_length}, {self.channels}), "
+                                 f"got {tuple(plan.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise DimensionError("plan contains NaN or inf")
+        b = x.shape[0]
+        d_small = self.denoiser(x, self.residual_sigma)
+        residual = (d_small - x).flatten(1).norm(dim=1) / np.sqrt(x[0].numel())
+        shift = self._relative_outputs(self.denoiser(x, self.probe_sigma) - x, x)
+        if self.past_length:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            noise = torch.randn(x[:, : self.past_length].shape, generator=gen)
+            xp = x.clone()
+            xp[:, : self.past_length] += self.noise_std * noise.to(x.device, x.dtype)
+            sens = self._relative_outputs(self.denoiser(xp, self.residual_sigma) - d_small, x)
+        else:
+            sens = torch.zeros(b, dtype=x.dtype, device=x.device)
+        if repredict is None:
+            repredict = self.repredict_iterations > 0
+        if repredict and self.repredict_iterations:
+            again = self._reprediction(x)
+            beyond = torch.clamp(again - self.repredict_floor, min=0.0)
+        else:
+            again = beyond = torch.zeros(b, dtype=x.dtype, device=x.device)
+        support = nearest_distance(x.reshape(b, -1), self.pool) / self.window_scale
+        snip = _snippets(x, self.snippet)
+        local = nearest_distance(snip.reshape(-1, snip.shape[-1]), self.snippet_pool)
+        local = local.reshape(b, -1).max(dim=1).values / self.snippet_scale
+        excess = torch.clamp(torch.maximum(support, local) - 1.0, min=0.0)
+        estimate = shift + sens + self.excess_scale * excess + beyond
+        as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
+        est = as_np(estimate)
+        return TrustReport(estimated_deviation=est, ood=est > self.threshold,
+                           residual=as_np(residual), sigma_shift=as_np(shift),
+                           reprediction=as_np(again),
+                           support=as_np(support), local_support=as_np(local),
+                           sensitivity=as_np(sens), threshold=self.threshold)

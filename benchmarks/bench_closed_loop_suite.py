@@ -14,9 +14,22 @@ denoising tracker's median ratio to DeePC's), ``closed_loop_suite.md`` and, per 
 ``benchmarks/results/suite/<system>-<reference>-s<seed>/`` (x-y paths of every controller for
 the unicycle). Results are written after every run, so an interrupted suite keeps what it did.
 
-Run (the recorded results)::
+Run (the recorded results: one process per seed and controller, on a machine shared with other
+jobs, so without per-step time budgets; then merged)::
 
-    python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 1 2
+    python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 --train-steps 8000 \
+        --controllers denoising --iteration-limited --results suite_denoising_s0   # s1, s2 alike
+    python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 1 2 \
+        --controllers oracle --results suite_oracle
+    python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 1 2 \
+        --controllers deepc,oracle          # stopped after 6 of 9 runs (1-4 s per DeePC step)
+    python benchmarks/bench_closed_loop_suite.py --systems pendulum --seeds 0 --train-steps 8000 \
+        --controllers denoising --iteration-limited --results suite_pendulum_denoising
+    # (and oracle, deepc; seeds 1, 2 into suite_pendulum_<controller>_s<seed>)
+    python benchmarks/bench_closed_loop_suite.py --merge suite_oracle suite_denoising_s0 ...
+
+With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
+budget_check_unicycle``.
 """
 
 from __future__ import annotations

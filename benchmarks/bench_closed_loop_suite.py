@@ -29,7 +29,8 @@ jobs, so without per-step time budgets; then merged)::
     python benchmarks/bench_closed_loop_suite.py --merge suite_oracle suite_denoising_s0 ...
 
 With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
-budget_check_unicycle``.
+budget_check_unicycle``. Ablation without the symmetry: ``--symmetry none --results
+ablation_nosym_s<seed>`` (same data, seeds and settings).
 """
 
 from __future__ import annotations

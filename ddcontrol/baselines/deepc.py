@@ -53,6 +53,7 @@ from ddcontrol.baselines.errors import InsufficientExcitationError, SolverFailed
 from ddcontrol.baselines.hankel import check_persistency, window_columns
 from ddcontrol.baselines.policy import Controller
 from ddcontrol.errors import ConfigurationError, DimensionError
+from ddcontrol.tracking.cost import psd_sqrt
 from ddcontrol.tracking.reference import Reference
 
 __all__ = ["DeePC"]
@@ -74,11 +75,6 @@ _DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "OSQP": {"eps_abs": 1e-6, "eps_rel": 1e-6, "max_iter": 20000, _osqp_polish_key(): True},
     "CLARABEL": {},
 }
-
-
-def _sqrtm_psd(W: np.ndarray) -> np.ndarray:
-    w, V = np.linalg.eigh(W)
-    return V @ np.diag(np.sqrt(np.maximum(w, 0.0))) @ V.T
 
 
 class DeePC(Controller):
@@ -219,8 +215,8 @@ class DeePC(Controller):
         self._ref = cp.Parameter(N * pt, name="reference")
         self._g = g = cp.Variable(self.U_p.shape[1], name="g")
         u = self.U_f @ g
-        Rh = np.kron(np.eye(N), _sqrtm_psd(self.R))
-        Qh = np.kron(np.eye(N), _sqrtm_psd(self.Q))
+        Rh = np.kron(np.eye(N), psd_sqrt(self.R))
+        Qh = np.kron(np.eye(N), psd_sqrt(self.Q))
         cost = cp.sum_squares(Rh @ u) + cp.sum_squares(Qh @ (Yt_f @ g - self._ref))
         if self.regularizer != "none" and self.lambda_g > 0:
             if self.regularizer == "l2":

@@ -51,7 +51,9 @@ from ddcontrol.baselines.errors import SolverFailedError
 from ddcontrol.baselines.model import AffineModel
 from ddcontrol.baselines.oracle import condense
 from ddcontrol.baselines.policy import Controller
+from ddcontrol.baselines.tuning import split_trajectories
 from ddcontrol.errors import ConfigurationError, DimensionError
+from ddcontrol.tracking.cost import psd_sqrt
 from ddcontrol.tracking.reference import Reference
 
 __all__ = ["EDMDModel", "fit_edmd", "select_edmd", "KoopmanMPC", "OBSERVABLES",
@@ -71,11 +73,6 @@ _CACHE: dict[tuple, tuple[EDMDModel, dict[str, Any]]] = {}
 _SOLVER_OPTIONS: dict[str, dict[str, Any]] = {
     "OSQP": {**_DEFAULT_OPTIONS["OSQP"], "eps_abs": 1e-9, "eps_rel": 1e-9, "max_iter": 50000},
     "CLARABEL": {}}
-
-
-def _sqrtm_psd(W: np.ndarray) -> np.ndarray:
-    w, V = np.linalg.eigh(W)
-    return V @ np.diag(np.sqrt(np.maximum(w, 0.0))) @ V.T
 
 
 @dataclass(frozen=True)
@@ -311,9 +308,8 @@ def select_edmd(data: Any, *, horizon: int, delays: tuple[int, ...] = (1, 2, 4, 
     N, T = u.shape[:2]
     if N < 2:
         raise ConfigurationError("select_edmd needs at least 2 trajectories (fit and held-out)")
-    perm = np.random.default_rng(seed).permutation(N)
-    n_hold = max(1, int(round(holdout * N)))
-    hold, train = perm[:n_hold], perm[n_hold:][:max_train_trajectories]
+    hold, train = split_trajectories(N, holdout, seed)
+    train = train[:max_train_trajectories]
     rows = []
     for d in delays:
         if d + 2 > T:
@@ -436,8 +432,8 @@ class KoopmanMPC(Controller):
         ch = np.asarray(self.reference.channels)
         self.Phi, Gamma, _ = condense(self.model.as_affine(), N)
         self._rows = (np.arange(N)[:, None] * p + ch[None, :]).reshape(-1)
-        Qh = np.kron(np.eye(N), _sqrtm_psd(self.Q))
-        Rh = np.kron(np.eye(N), _sqrtm_psd(self.R))
+        Qh = np.kron(np.eye(N), psd_sqrt(self.Q))
+        Rh = np.kron(np.eye(N), psd_sqrt(self.R))
         self.Gamma = Gamma
         self._u = u = cp.Variable(N * m, name="u")
         self._target = cp.Parameter(N * len(ch), name="target")  # r − free response

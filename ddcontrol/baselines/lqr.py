@@ -36,6 +36,7 @@ from ddcontrol.baselines.observer import ARXStateBuilder, KalmanObserver
 from ddcontrol.baselines.policy import Controller
 from ddcontrol.baselines.sysid import fit_arx
 from ddcontrol.errors import DimensionError
+from ddcontrol.tracking.cost import psd_sqrt
 from ddcontrol.tracking.reference import Reference
 from envs.dynamics import Dynamics
 
@@ -201,8 +202,7 @@ class LQRTracker(Controller):
         N = null_space(M)
         Ct = m.C[list(self.reference.channels)]
         dt_ = m.d[list(self.reference.channels)]
-        w, V = np.linalg.eigh(self.Q)
-        Qh = V @ np.diag(np.sqrt(np.maximum(w, 0.0))) @ V.T
+        Qh = psd_sqrt(self.Q)
         G = np.linalg.pinv(Qh @ Ct @ N[:n]) @ Qh if N.size else np.zeros((0, Ct.shape[0]))
         self._ss_offset = z_p - (N @ G @ (dt_ + Ct @ z_p[:n]) if N.size else 0.0)
         self._ss_gain = N @ G if N.size else np.zeros((n + m.input_dim, Ct.shape[0]))

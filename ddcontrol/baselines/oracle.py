@@ -38,15 +38,11 @@ from ddcontrol._validation import as_finite_array, check_positive_float, check_p
 from ddcontrol.baselines.model import AffineModel
 from ddcontrol.baselines.policy import Controller
 from ddcontrol.errors import ConfigurationError, DimensionError
+from ddcontrol.tracking.cost import psd_sqrt
 from ddcontrol.tracking.reference import Reference
 from envs.dynamics import Dynamics, LinearDynamics
 
 __all__ = ["LinearOracle", "ShootingOracle", "make_oracle", "condense"]
-
-
-def _sqrtm_psd(W: np.ndarray) -> np.ndarray:
-    w, V = np.linalg.eigh(W)
-    return V @ np.diag(np.sqrt(np.maximum(w, 0.0))) @ V.T
 
 
 def condense(model: AffineModel, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,8 +89,8 @@ class _RecedingOracle(Controller):
                                  f"{reference.output_dim}")
         self.dynamics = dynamics
         self.horizon = check_positive_int(horizon, "horizon")
-        self._Qh = np.kron(np.eye(self.horizon), _sqrtm_psd(self.Q))
-        self._Rh = np.kron(np.eye(self.horizon), _sqrtm_psd(self.R))
+        self._Qh = np.kron(np.eye(self.horizon), psd_sqrt(self.Q))
+        self._Rh = np.kron(np.eye(self.horizon), psd_sqrt(self.R))
         self._rows = (np.arange(self.horizon)[:, None] * self.output_dim
                       + np.asarray(reference.channels)[None, :]).reshape(-1)
         self._plan_u: np.ndarray | None = None

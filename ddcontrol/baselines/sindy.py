@@ -45,6 +45,7 @@ import numpy as np
 from ddcontrol._validation import as_finite_array, check_positive_float, check_positive_int
 from ddcontrol.baselines.errors import SolverFailedError
 from ddcontrol.baselines.nmpc import CasadiOracle
+from ddcontrol.baselines.tuning import split_trajectories
 from ddcontrol.errors import ConfigurationError
 from ddcontrol.tracking.reference import Reference
 from envs.dynamics import Dynamics
@@ -256,9 +257,7 @@ def select_sindy(data: Any, *, horizon: int, delays: tuple[int, ...] = (1, 2),
     N, T = u.shape[:2]
     if N < 2:
         raise ConfigurationError("select_sindy needs at least 2 trajectories (fit and held-out)")
-    perm = np.random.default_rng(seed).permutation(N)
-    n_hold = max(1, int(round(holdout * N)))
-    hold, train = perm[:n_hold], perm[n_hold:]
+    hold, train = split_trajectories(N, holdout, seed)
     rows = []
     rng = np.random.default_rng(seed)
     for d, lib in itertools.product(delays, libraries):

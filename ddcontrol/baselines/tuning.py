@@ -171,6 +171,14 @@ def _predictor_error(hankel: tuple[np.ndarray, ...], windows: tuple[np.ndarray, 
     return err if np.isfinite(err) else float("inf")
 
 
+def split_trajectories(num: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``num`` trajectory indices into (held-out, fit): ``round(holdout * num)``
+    (at least 1) held out; the shared procedure of every held-out hyper-parameter choice."""
+    perm = np.random.default_rng(seed).permutation(num)
+    n_hold = max(1, int(round(holdout * num)))
+    return perm[:n_hold], perm[n_hold:]
+
+
 def tune_deepc(data: Any, *, horizon: int, grid: dict[str, tuple[Any, ...]] | None = None,
                holdout: float = 0.2, seed: int = 0, use_cache: bool = True) -> DeePCTuning:
     """Choose DeePC's ``(t_ini, lambda_g, lambda_y, max_columns)`` on held-out trajectories.
@@ -206,9 +214,7 @@ def tune_deepc(data: Any, *, horizon: int, grid: dict[str, tuple[Any, ...]] | No
     N, T = data.u.shape[:2]
     if N < 2:
         raise ConfigurationError("tune_deepc needs at least 2 trajectories (fit and held-out)")
-    perm = np.random.default_rng(seed).permutation(N)
-    n_hold = max(1, int(round(holdout * N)))
-    hold, train = perm[:n_hold], perm[n_hold:]
+    hold, train = split_trajectories(N, holdout, seed)
     tu, ty = data.u[train], data.y[train]
     hu, hy = data.u[hold], data.y[hold]
     p = data.output_dim

@@ -18,7 +18,7 @@ from ddcontrol._validation import as_finite_array
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.tracking.reference import Reference
 
-__all__ = ["tracking_cost", "weight_matrix"]
+__all__ = ["tracking_cost", "weight_matrix", "psd_sqrt"]
 
 
 def weight_matrix(weight: Any, dim: int, name: str = "weight") -> np.ndarray:
@@ -48,6 +48,13 @@ def weight_matrix(weight: Any, dim: int, name: str = "weight") -> np.ndarray:
     if dim and np.linalg.eigvalsh(w).min() < -1e-10 * max(1.0, np.abs(w).max()):
         raise ConfigurationError(f"{name} must be positive semidefinite")
     return w
+
+
+def psd_sqrt(W: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a positive semidefinite weight (negative eigenvalues from
+    round-off clipped to 0), so that ``xᵀ W x = ‖psd_sqrt(W) x‖²``."""
+    w, V = np.linalg.eigh(W)
+    return V @ np.diag(np.sqrt(np.maximum(w, 0.0))) @ V.T
 
 
 def tracking_cost(u: Any, y: Any, reference: Reference | Any, Q: Any, R: Any,

@@ -86,6 +86,11 @@ class WindowSymmetry:
         so that the action stays an isometry in normalised units)."""
         return Normalizer.fit(windows, input_dim)
 
+    def gain(self, normalizer: Normalizer) -> float:
+        """A bound, over every group element, on the norm of the action's linear part in the
+        normalised units of ``normalizer`` (1: an isometry there)."""
+        raise NotImplementedError
+
     def identity_element(self, batch_shape: Sequence[int] = ()) -> np.ndarray:
         return np.zeros((*batch_shape, self.group_dim))
 
@@ -113,6 +118,9 @@ class Identity(WindowSymmetry):
 
     def inverse_act(self, g: Any, w: Any) -> Any:
         return w
+
+    def gain(self, normalizer: Normalizer) -> float:
+        return 1.0
 
     def to_spec(self) -> dict[str, Any]:
         return {"kind": "none"}
@@ -193,6 +201,12 @@ class PlanarSymmetry(WindowSymmetry):
 
     def inverse_act(self, g: Any, w: Any) -> Any:
         return self._apply(g, w, inverse=True)
+
+    def gain(self, normalizer: Normalizer) -> float:
+        """‖D⁻¹ R(φ) D‖ ≤ max/min of the x, y scales D (1 when they share one, as
+        :meth:`fit_normalizer` makes them); translations and heading shifts are not linear."""
+        s = normalizer.std[[self.x, self.y]]
+        return float(s.max() / s.min())
 
     def fit_normalizer(self, windows: np.ndarray, input_dim: int) -> Normalizer:
         norm = Normalizer.fit(windows, input_dim)

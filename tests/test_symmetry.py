@@ -210,3 +210,21 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     tuned = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                             model=Model(), options={"sigma": 0.2, "step_time_budget": None})
     assert tuned.sigma == 0.2 and tuned.step_time_budget is None
+
+
+def test_planar_gain_bounds_the_linear_part_for_every_frame():
+    from ddcontrol.data.normalize import Normalizer
+
+    norm = Normalizer(mean=np.zeros(5), std=np.array([1.0, 1.0, 0.5, 2.0, 1.0]), input_dim=2)
+    sym = PlanarSymmetry(x=2, y=3, heading=4)
+    assert sym.gain(norm) == pytest.approx(4.0)
+    assert Identity().gain(norm) == 1.0
+    worst = 0.0
+    for phi in np.linspace(0, 2 * np.pi, 73):
+        g = np.array([3.0, -1.0, phi])
+        # Linear part in normalised units: columns are images of unit vectors minus the image of 0.
+        zero = norm.normalize(sym.act(g, norm.denormalize(np.zeros((1, 5)))))
+        cols = [norm.normalize(sym.act(g, norm.denormalize(np.eye(5)[i:i + 1]))) - zero
+                for i in range(5)]
+        worst = max(worst, np.linalg.norm(np.concatenate(cols).T, 2))
+    assert worst <= sym.gain(norm) + 1e-12 and worst > 0.9 * sym.gain(norm)

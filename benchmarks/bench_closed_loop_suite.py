@@ -111,27 +111,28 @@ def _label(name: str, params: dict[str, Any]) -> str:
     return name + (f"-{extra}" if extra else "")
 
 
-def _plot_paths(result: Any, out: Path) -> None:
-    """x-y paths of every controller against the reference (unicycle)."""
+def _plot_paths(reference: Any, outputs: dict[str, np.ndarray], path: Path) -> None:
+    """x-y paths of every controller (outputs (K, p) per name) against the reference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ref = result.reference
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.plot(ref.values[:, 0], ref.values[:, 1], "k--", lw=2, label="reference")
-    for name, eps in result.episodes.items():
-        if len(eps[0].outputs):
-            y = ref.select(eps[0].outputs)
-            ax.plot(y[:, 0], y[:, 1], lw=1.4, label=name)
+    ax.plot(reference.values[:, 0], reference.values[:, 1], "k--", lw=2, label="reference")
+    for name, y in sorted(outputs.items()):
+        if len(y):
+            xy = reference.select(np.asarray(y))
+            ax.plot(xy[:, 0], xy[:, 1], lw=1.4, label=name)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x [m]")
     ax.set_ylabel("y [m]")
+    ax.set_title(path.parent.name, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "paths.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -171,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     RESULTS / "suite" / args.results / f"{system}-{label}-s{seed}")
                 write_comparison(result, out)
                 if system == "unicycle":
-                    _plot_paths(result, out)
+                    _plot_paths(ref, {n: e[0].outputs for n, e in result.episodes.items()},
+                                out / "paths.png")
                 for r in result.rows:
                     times = np.array([t for e in result.episodes[r["controller"]]
                                       for t in e.solve_times]) * 1e3
@@ -272,39 +274,14 @@ def merge(names: list[str]) -> dict[str, Any]:
     for run, parts in runs.items():
         if not run.startswith("unicycle"):
             continue
-        merged = {k: v for p in parts for k, v in p["episodes"].items()}
-        _plot_path_dict(parts[0], merged, RESULTS / "suite" / run)
+        # The run's folder name is <system>-<reference label>-s<seed>.
+        system = run.split("-")[0]
+        label = run[len(system) + 1:].rsplit("-s", 1)[0]
+        ref = next(make_reference(n, parts[0]["env_id"], parts[0]["steps"], **dict(prm))
+                   for n, prm in SYSTEMS[system]["references"] if _label(n, dict(prm)) == label)
+        outputs = {k: v[0]["outputs"] for p in parts for k, v in p["episodes"].items()}
+        _plot_paths(ref, outputs, RESULTS / "suite" / run / "paths_all.png")
     return doc
-
-
-def _plot_path_dict(result: dict[str, Any], episodes: dict[str, Any], out: Path) -> None:
-    """x-y paths of every controller of one run, from results.json dictionaries."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    system = out.name.split("-")[0]
-    label = out.name[len(system) + 1:].rsplit("-s", 1)[0]
-    ref = next(make_reference(n, result["env_id"], result["steps"], **dict(prm))
-               for n, prm in SYSTEMS[system]["references"] if _label(n, dict(prm)) == label)
-    ch = result["reference_channels"]
-    out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.plot(ref.values[:, 0], ref.values[:, 1], "k--", lw=2, label="reference")
-    for name, eps in sorted(episodes.items()):
-        y = np.asarray(eps[0]["outputs"])
-        if y.size:
-            ax.plot(y[:, ch[0]], y[:, ch[1]], lw=1.4, label=name)
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.set_xlabel("x [m]")
-    ax.set_ylabel("y [m]")
-    ax.set_title(out.name, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "paths_all.png", dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:

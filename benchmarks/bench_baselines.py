@@ -238,7 +238,7 @@ def _guided_window_problem(model: Any, data: TrajectoryDataset, problem: Any, t_
     norm = model.normalizer
     m, L = data.input_dim, model.window_length
     C = m + data.output_dim
-    cost = problem.window_cost(norm, past_length=t_ini, start=t_ini, dtype=torch.float32)
+    cost = problem.window_cost(norm, t_ini=t_ini, start=t_ini, dtype=torch.float32)
     lo = np.full((L, C), -np.inf)
     hi = np.full((L, C), np.inf)
     low = np.asarray(data.metadata["input_low"], float)

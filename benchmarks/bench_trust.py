@@ -255,7 +255,7 @@ def run_system(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], dic
     if args.sigma is not None:
         sigma, sweep = args.sigma, None
     else:
-        sel = select_sigma(model, held, past_length=0, max_windows=48, seed=args.seed)
+        sel = select_sigma(model, held, t_ini=0, max_windows=48, seed=args.seed)
         sigma, sweep = sel.sigma, sel.as_dict()
     refs, kinds = references(name, held, data, args.plans, rng)
     plans, best_cost = make_plans(model, train_ds, refs, channels, sigma, args.iterations)

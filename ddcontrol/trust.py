@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol._validation import as_finite_array, check_positive_float, check_positive_int
 from ddcontrol.errors import ConfigurationError, DDControlError, DimensionError
 from ddcontrol.score.sigma import conditioned_prediction
@@ -115,11 +116,16 @@ class TrustReport:
 
 
 def nearest_distance(queries: Tensor, pool: Tensor, chunk: int = 4096,
-                     exclude_self: bool = False) -> Tensor:
+                     exclude_self: bool = False, pool_sq: Tensor | None = None) -> Tensor:
     """Euclidean distance from each query (Q, D) to its nearest point of ``pool`` (N, D); (Q,).
 
-    ``exclude_self`` (queries = pool) ignores zero distances of a point to itself.
+    ``exclude_self`` (queries = pool) ignores zero distances of a point to itself. With
+    ``pool_sq`` (N,), the pool's squared norms computed once, the distances come from one
+    matrix product, ‖q‖² + ‖p‖² − 2 q·p (a few queries against a fixed pool, as for every plan).
     """
+    if pool_sq is not None and not exclude_self:
+        d2 = torch.addmm(pool_sq, queries, pool.t(), alpha=-2.0).min(dim=1).values
+        return (d2 + (queries * queries).sum(dim=1)).clamp_min(0.0).sqrt()
     best = torch.full((queries.shape[0],), torch.inf, dtype=queries.dtype,
                       device=queries.device)
     for start in range(0, pool.shape[0], chunk):
@@ -153,8 +159,9 @@ class TrustEstimator:
         Windows the pool does not contain (other trajectories), to measure the typical
         nearest-neighbour distance of real behaviour. Default: the last ``held_out_fraction``
         of ``windows`` (windows are trajectory-major, so those are other trajectories).
-    past_length : int
-        T_ini: rows ``[:T_ini]`` are the measured past, rows ``[T_ini:]`` the plan.
+    t_ini : int
+        T_ini: rows ``[:T_ini]`` are the measured past, rows ``[T_ini:]`` the plan
+        (``past_length=`` is its deprecated name; the attribute keeps both names).
     mean, std : array (m + p,), optional
         The model's normalisation (physical = normalised · std + mean); identity if omitted.
     residual_sigma : float
@@ -183,8 +190,9 @@ class TrustEstimator:
     seed : int
     """
 
+    @renamed_keywords(past_length="t_ini")
     def __init__(self, denoiser: Any, windows: Any, *, input_dim: int,
-                 held_out: Any = None, past_length: int = 0,
+                 held_out: Any = None, t_ini: int = 0,
                  mean: Any = None, std: Any = None, residual_sigma: float = 0.02,
                  probe_sigma: float = 0.2, repredict_sigma: float = 0.05,
                  repredict_iterations: int = 20, repredict_quantile: float = 0.99,
@@ -204,9 +212,9 @@ class TrustEstimator:
         self.m = check_positive_int(input_dim, "input_dim")
         if self.m >= channels:
             raise DimensionError(f"input_dim {self.m} leaves no output channel of {channels}")
-        self.past_length = check_positive_int(past_length, "past_length", allow_zero=True)
+        self.past_length = check_positive_int(t_ini, "t_ini", allow_zero=True)
         if self.past_length >= length:
-            raise DimensionError(f"past_length {self.past_length} leaves no future in windows "
+            raise DimensionError(f"t_ini {self.past_length} leaves no future in windows "
                                  f"of {length} steps")
         self.residual_sigma = check_positive_float(residual_sigma, "residual_sigma")
         self.probe_sigma = check_positive_float(probe_sigma, "probe_sigma")
@@ -248,6 +256,9 @@ class TrustEstimator:
         self.pool = w.reshape(w.shape[0], -1)
         snip = _snippets(w, self.snippet).reshape(-1, self.snippet * channels)
         self.snippet_pool = self._subsample(snip, max_snippets, gen)
+        self._pool_sq = (self.pool * self.pool).sum(dim=1)
+        self._snippet_sq = (self.snippet_pool * self.snippet_pool).sum(dim=1)
+        self._noise: Tensor | None = None  # the sensitivity's fixed perturbation of the past
         with torch.no_grad():
             d_win = nearest_distance(h.reshape(h.shape[0], -1), self.pool)
             hs = _snippets(h, self.snippet)
@@ -285,10 +296,17 @@ class TrustEstimator:
         idx = np.sort(gen.choice(x.shape[0], size=k, replace=False))
         return x[torch.as_tensor(idx, device=x.device)]
 
+    @property
+    def t_ini(self) -> int:
+        """T_ini, the measured past rows of a plan window (``past_length``)."""
+        return self.past_length
+
     @classmethod
-    def from_model(cls, model: Any, dataset: Any, *, past_length: int = 0,
+    @renamed_keywords(past_length="t_ini")
+    def from_model(cls, model: Any, dataset: Any, *, t_ini: int = 0,
                    **kwargs: Any) -> TrustEstimator:
-        """From a ``TrainedModel`` and the dataset it was trained on.
+        """From a ``TrainedModel`` and the dataset it was trained on (``t_ini``: T_ini;
+        ``past_length=`` is its deprecated name).
 
         The held-out windows are the trajectories training held out (same split, same seed),
         the pool the others; the physical scale is the model's normaliser.
@@ -312,7 +330,7 @@ class TrustEstimator:
         device = tensors[0].device if tensors else "cpu"
         kwargs.setdefault("device", device)
         return cls(model.denoiser, windows, input_dim=model.input_dim, held_out=held,
-                   past_length=past_length, mean=model.normalizer.mean,
+                   t_ini=t_ini, mean=model.normalizer.mean,
                    std=model.normalizer.std, **kwargs)
 
     # -- measurement ----------------------------------------------------------------------------
@@ -327,7 +345,7 @@ class TrustEstimator:
 
     def _reprediction(self, x: Tensor) -> Tensor:
         again = conditioned_prediction(self.denoiser, x, self.repredict_sigma, input_dim=self.m,
-                                       past_length=self.past_length,
+                                       t_ini=self.past_length,
                                        iterations=self.repredict_iterations)
         return self._relative_outputs(again - x, x)
 
@@ -338,7 +356,7 @@ class TrustEstimator:
         if self._floor is None:
             h = self._floor_windows
             again = conditioned_prediction(self.denoiser, h, self.repredict_sigma,
-                                           input_dim=self.m, past_length=self.past_length,
+                                           input_dim=self.m, t_ini=self.past_length,
                                            iterations=max(self.repredict_iterations, 1))
             err = self._relative_outputs(again - h, h)
             self._floor = float(torch.quantile(torch.nan_to_num(err, nan=torch.inf).clamp_max(
@@ -364,17 +382,22 @@ class TrustEstimator:
         if not bool(torch.isfinite(x).all()):
             raise DimensionError("plan contains NaN or inf")
         b = x.shape[0]
-        d_small = self.denoiser(x, self.residual_sigma)
-        residual = (d_small - x).flatten(1).norm(dim=1) / np.sqrt(x[0].numel())
         shift = self._relative_outputs(self.denoiser(x, self.probe_sigma) - x, x)
         if self.past_length:
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            noise = torch.randn(x[:, : self.past_length].shape, generator=gen)
+            shape = x[:, : self.past_length].shape
+            if self._noise is None or self._noise.shape != shape:
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                self._noise = (self.noise_std * torch.randn(shape, generator=gen)).to(
+                    x.device, x.dtype)
             xp = x.clone()
-            xp[:, : self.past_length] += self.noise_std * noise.to(x.device, x.dtype)
-            sens = self._relative_outputs(self.denoiser(xp, self.residual_sigma) - d_small, x)
+            xp[:, : self.past_length] += self._noise
+            # The plan and its perturbed copy through one call of the denoiser.
+            d_small, d_pert = self.denoiser(torch.cat([x, xp]), self.residual_sigma).split(b)
+            sens = self._relative_outputs(d_pert - d_small, x)
         else:
+            d_small = self.denoiser(x, self.residual_sigma)
             sens = torch.zeros(b, dtype=x.dtype, device=x.device)
+        residual = (d_small - x).flatten(1).norm(dim=1) / np.sqrt(x[0].numel())
         if repredict is None:
             repredict = self.repredict_iterations > 0
         if repredict and self.repredict_iterations:
@@ -382,9 +405,11 @@ class TrustEstimator:
             beyond = torch.clamp(again - self.repredict_floor, min=0.0)
         else:
             again = beyond = torch.zeros(b, dtype=x.dtype, device=x.device)
-        support = nearest_distance(x.reshape(b, -1), self.pool) / self.window_scale
+        support = nearest_distance(x.reshape(b, -1), self.pool,
+                                   pool_sq=self._pool_sq) / self.window_scale
         snip = _snippets(x, self.snippet)
-        local = nearest_distance(snip.reshape(-1, snip.shape[-1]), self.snippet_pool)
+        local = nearest_distance(snip.reshape(-1, snip.shape[-1]), self.snippet_pool,
+                                 pool_sq=self._snippet_sq)
         local = local.reshape(b, -1).max(dim=1).values / self.snippet_scale
         excess = torch.clamp(torch.maximum(support, local) - 1.0, min=0.0)
         estimate = shift + sens + self.excess_scale * excess + beyond

@@ -64,7 +64,7 @@ def base_args(command: str, root: Path, out: Path) -> list[str]:
         "track": ["track", "--model", model, "--reference", "step", "--horizon", "5",
                   "--iterations", "2", "--out", str(out / "t")],
         "compare": ["compare", "--env", MSD, "--data", data, "--controllers", "lqr",
-                    "--steps", "6", "--horizon", "5", "--out", str(out / "c"), "--quiet"],
+                    "--length", "6", "--horizon", "5", "--out", str(out / "c"), "--quiet"],
         "demo": ["demo", "--quick", "--out", str(out / "demo")],
     }[command]
 

@@ -121,7 +121,7 @@ def test_compare_cli_with_the_tracker(tiny_model, tmp_path):
     data_path, model_dir = tiny_model
     out = tmp_path / "cmp"
     rc = main(["compare", "--env", MSD, "--data", str(data_path), "--model", str(model_dir),
-               "--controllers", "denoising,deepc,oracle", "--reference", "sine", "--steps", "15",
+               "--controllers", "denoising,deepc,oracle", "--reference", "sine", "--length", "15",
                "--horizon", "10", "--iterations-per-step", "3", "--out", str(out), "--quiet"])
     assert rc == 0
     payload = json.loads((out / "results.json").read_text())
@@ -144,3 +144,32 @@ def test_demo_quick(tmp_path):
                 "finite_horizon/cost_per_iteration.png"):
         assert (out / png).stat().st_size > 1000
     assert (out / "table.md").read_text().startswith("| controller")
+
+
+def test_demo_defaults_to_the_double_pendulum_from_rest(tmp_path):
+    from ddcontrol.cli.demo import DEFAULT_ENV, PRESETS
+
+    assert DEFAULT_ENV == "ddcontrol/DoublePendulum-v0" and PRESETS[DEFAULT_ENV].from_rest
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["finite_horizon"]["env_id"] == DEFAULT_ENV
+    # Every controller starts from the pendulum at rest: the first measured outputs are 0.
+    for episodes in res["episodes"].values():
+        np.testing.assert_allclose(episodes[0]["outputs"][0], 0.0, atol=1e-12)
+
+
+def test_finite_horizon_verdict_labels_what_the_numbers_mean():
+    from ddcontrol.cli.demo import finite_horizon_verdict
+
+    base = {"predicted_cost": 1.0, "replay_cost": 1.1, "manifold_deviation": 0.02,
+            "estimated_deviation": 0.03, "drifted": False, "ood": False,
+            "best_training_cost": 2.0, "best_training_window_same_start": True,
+            "replay_beats_best_window": True}
+    ok = finite_horizon_verdict(base)
+    assert "NOT TRUSTED" not in ok and "beats the best training window" in ok
+    bad = finite_horizon_verdict({**base, "drifted": True, "replay_beats_best_window": False})
+    assert "PLAN NOT TRUSTED" in bad and "DOES NOT beat" in bad
+    assert "out of the data" in finite_horizon_verdict({**base, "ood": True})
+    assert "a scale, not an alternative" in finite_horizon_verdict(
+        {**base, "best_training_window_same_start": False})

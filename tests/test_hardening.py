@@ -322,13 +322,14 @@ def test_bad_device_is_one_line_in_the_cli_and_an_error_in_the_api(files, tmp_pa
 def test_compare_bad_controller_names(files, tmp_path, capsys, names, match):
     out = tmp_path / "c"
     rc, err = cli(["compare", "--env", MSD, "--data", str(files["data"]), "--controllers",
-                   names, "--steps", "5", "--out", str(out), "--quiet"], capsys)
+                   names, "--length", "5", "--out", str(out), "--quiet"], capsys)
     assert rc == 1 and match in error_line(err)
     assert not out.exists()  # nothing ran
 
 
-@pytest.mark.parametrize("flag,value", [("--seeds", "0"), ("--steps", "0"), ("--horizon", "0"),
-                                        ("--warmup", "-1"), ("--Q", "nan"), ("--R", "-1")])
+@pytest.mark.parametrize("flag,value", [("--seeds", "0"), ("--length", "0"), ("--steps", "0"),
+                                        ("--horizon", "0"), ("--warmup", "-1"), ("--Q", "nan"),
+                                        ("--R", "-1")])
 def test_compare_bad_counts_are_usage_errors(files, tmp_path, capsys, flag, value):
     rc, err = cli(["compare", "--env", MSD, "--data", str(files["data"]), "--controllers",
                    "lqr", flag, value, "--out", str(tmp_path / "c"), "--quiet"], capsys)

@@ -86,7 +86,7 @@ def test_window_cost_matches_the_problem_cost():
     data = collect(MSD, 5, 12, seed=0, noise=False)
     ref = make_reference("sine", MSD, 12)
     prob = TrackingProblem.for_env(MSD, ref, 8, Q=2.0, R=0.1)
-    cost = prob.window_cost(data.normalizer, past_length=4)
+    cost = prob.window_cost(data.normalizer, t_ini=4)
     assert cost.mean.dtype == torch.float32
     x = torch.as_tensor(data.windows(12, normalized=True)[:3], dtype=torch.float32)
     w = data.normalizer.denormalize(x.numpy())

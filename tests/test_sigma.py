@@ -43,19 +43,19 @@ class _NoisyAtSmallSigma(torch.nn.Module):
 
 def test_exact_linear_geometry_selects_the_smallest_sigma():
     w, den = _linear_system_windows(400, 0)
-    sel = select_sigma_windows(den, w[:64], input_dim=M, past_length=3, grid=GRID,
+    sel = select_sigma_windows(den, w[:64], input_dim=M, t_ini=3, grid=GRID,
                                dtype=torch.float64)
     assert sel.sigma == GRID[0]
     errors = np.array(sel.errors)
     # Shrinkage towards the mean grows with σ; at σ = 0.02 the prediction is exact.
     assert errors[0] < 1e-3
     assert np.all(np.diff(errors) > 0)
-    assert sel.windows == 64 and sel.past_length == 3
+    assert sel.windows == 64 and sel.t_ini == sel.past_length == 3
 
 
 def test_denoiser_unreliable_at_small_sigma_selects_a_larger_one():
     w, den = _linear_system_windows(400, 1)
-    sel = select_sigma_windows(_NoisyAtSmallSigma(den), w[:64], input_dim=M, past_length=3,
+    sel = select_sigma_windows(_NoisyAtSmallSigma(den), w[:64], input_dim=M, t_ini=3,
                                grid=GRID, dtype=torch.float64)
     assert sel.sigma > GRID[0]
     assert sel.errors[GRID.index(sel.sigma)] == min(sel.errors)
@@ -65,7 +65,7 @@ def test_denoiser_unreliable_at_small_sigma_selects_a_larger_one():
 def test_validation():
     w, den = _linear_system_windows(50, 2)
     with pytest.raises(DimensionError):
-        select_sigma_windows(den, w, input_dim=M, past_length=L)
+        select_sigma_windows(den, w, input_dim=M, t_ini=L)
     with pytest.raises(ConfigurationError):
         select_sigma_windows(den, w, input_dim=M, grid=(0.1, -1.0))
     with pytest.raises(DimensionError):

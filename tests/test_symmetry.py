@@ -168,7 +168,7 @@ def test_training_learns_canonical_windows_and_the_checkpoint_keeps_the_symmetry
     w = model.model_windows(data, 4)
     first = model.normalizer.denormalize(w)[:, 0, 2:5]
     np.testing.assert_allclose(first, 0.0, atol=1e-9)
-    ref = make_reference("figure-eight", UNI, steps=20)
+    ref = make_reference("figure-eight", UNI, length=20)
     tracker = DenoisingTracker.from_model(model, TrackingProblem.for_env(UNI, ref, 4), data,
                                           iterations=2)
     assert tracker.symmetry.to_spec() == model.symmetry.to_spec()

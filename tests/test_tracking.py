@@ -149,10 +149,11 @@ def test_conditioned_solver_keeps_pinned_coordinates_on_a_subspace(jacobian_ever
     grad = 2 * (x - target)
     assert torch.abs(grad @ slice_basis).max() < 1e-6
     # One forward at the batch size per iteration; the rows (3 extra cotangents of the one
-    # vectorised backward) are recomputed every jacobian_every-th iteration only.
+    # vectorised backward) are recomputed every jacobian_every-th iteration only, and not at
+    # the last one (k = 200), whose step is never taken.
     assert batches == [2] * 201
     copies = 2 if momentum else 1
-    expected = [copies + (3 if k % jacobian_every == 0 else 0) for k in range(201)]
+    expected = [copies + (3 if k % jacobian_every == 0 and k < 200 else 0) for k in range(201)]
     assert cotangents == expected
 
 
@@ -191,13 +192,23 @@ def test_step_time_budget_stops_receding_horizon_solves():
                                iterations=500, iterations_per_step=500, dtype=torch.float64,
                                step_time_budget=1e-9)
     obs = np.zeros(1)
-    # The first reset with an observation runs a throw-away solve and leaves no state behind.
+    # The reset with the first observation runs the cold start, not time-limited: every
+    # iteration, no control step.
     tracker.reset(obs)
-    assert tracker._warmed_up and tracker.last_plan is None and tracker.step_index == 0
-    for _ in range(t_ini + 3):
+    assert tracker.last_plan is None and tracker.step_index == 0
+    assert tracker._prefetch.solver_result.iterations == 500 and tracker.reset_time_s > 0
+
+    def no_cold_search(*args, **kwargs):
+        raise AssertionError("a control step ran the cold-start search")
+
+    tracker._cold_start = no_cold_search
+    for k in range(t_ini + 3):
         action = tracker.act(obs)
         assert np.all(np.isfinite(action))
-    # Every solve, the cold start included, stopped on time after its first iteration.
+        if k > 0:  # the warm-up steps refine the first plan within the budget, as all others
+            result = (tracker._prefetch or tracker.last_plan).solver_result
+            assert result.stop_reason == "max_time" and result.iterations <= 1
+    # Every control step's solve stopped on time after its first iteration.
     result = tracker.last_plan.solver_result
     assert result.stop_reason == "max_time" and result.iterations <= 1
     with pytest.raises(ConfigurationError):

@@ -95,7 +95,7 @@ def test_batched_equals_single_and_numpy_input():
 def test_sensitivity_to_the_past_on_linear_subspace():
     windows, den, _ = _subspace(seed=3, n=600)
     est = TrustEstimator(den, windows[:500], held_out=windows[500:], input_dim=M,
-                         past_length=4, noise_std=0.01, dtype=torch.float64)
+                         t_ini=4, noise_std=0.01, dtype=torch.float64)
     rep = est(windows[500:510])
     # A linear projector moves the future by at most the perturbation (norm ≤ 0.01·√(4·2)).
     assert 0 < rep.sensitivity.max() < 0.05
@@ -116,7 +116,7 @@ def test_validation():
     with pytest.raises(DimensionError):
         TrustEstimator(den, windows[:, :, :1], input_dim=1)
     with pytest.raises(DimensionError):
-        TrustEstimator(den, windows, input_dim=M, past_length=L)
+        TrustEstimator(den, windows, input_dim=M, t_ini=L)
     est = TrustEstimator(den, windows, input_dim=M, dtype=torch.float64)
     with pytest.raises(DimensionError):
         est(torch.zeros(2, L + 1, M + P, dtype=torch.float64))
@@ -151,7 +151,7 @@ def _closed_loop_tracker(threshold: float, on_ood: str, fallback=None):
     fit = LinearGaussianDenoiser.from_samples(torch.as_tensor(windows, dtype=torch.float64))
     den = LinearGaussianDenoiser(fit.mean.reshape(windows.shape[1:]), fit.vectors,
                                  torch.full((fit.rank,), 100.0, dtype=torch.float64))
-    trust = TrustEstimator(den, windows, input_dim=1, past_length=t_ini,
+    trust = TrustEstimator(den, windows, input_dim=1, t_ini=t_ini,
                            mean=data.normalizer.mean, std=data.normalizer.std,
                            threshold=threshold, dtype=torch.float64)
     prob = TrackingProblem(np.full((40, 1), 0.3), n_h, 1, 1, dt=0.1, Q=1.0, R=0.01,
@@ -185,8 +185,13 @@ def test_closed_loop_fallback_is_called_when_the_flag_fires_and_counted():
     assert quiet.last_plan.ood is False
     with pytest.raises(OutOfDistributionError):
         _run(_closed_loop_tracker(1e-12, "raise"))
+    warned = _closed_loop_tracker(1e-12, "warn")
     with pytest.warns(RuntimeWarning, match="flagged"):
-        _run(_closed_loop_tracker(1e-12, "warn"), steps=4)
+        # Under "warn" the estimate runs in the background: its warning comes at the next
+        # step, or when the count is read (as the closed loop does at the end of an episode).
+        _run(warned, steps=4)
+        assert warned.ood_steps == 1
+    assert warned.last_plan.ood and warned.last_plan.estimated_deviation is not None
     held = _closed_loop_tracker(1e-12, "hold")
     acts = _run(held, steps=5)
     # No good plan yet: hold applies the warm-up input and counts the steps.
@@ -215,7 +220,7 @@ def test_reprediction_recovers_the_model_response_on_a_subspace():
     den = LinearGaussianDenoiser(fit.mean.reshape(L, 2), fit.vectors,
                                  torch.full((fit.rank,), 100.0, dtype=torch.float64))
     est = TrustEstimator(den, windows[:500], held_out=windows[500:], input_dim=M,
-                         past_length=2, repredict_iterations=10, repredict_sigma=1e-3,
+                         t_ini=2, repredict_iterations=10, repredict_sigma=1e-3,
                          dtype=torch.float64)
     plans = windows[500:506].clone()
     assert est(plans).reprediction.max() < 1e-3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from ddcontrol._validation import check_device
 from ddcontrol.cli._args import (
@@ -21,6 +22,7 @@ from ddcontrol.errors import ConfigurationError, UnknownNameError
 from ddcontrol.evaluate.compare import compare, write_comparison
 from ddcontrol.evaluate.controllers import CONTROLLERS, make_controller
 from ddcontrol.tracking.defaults import system_defaults
+from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import REFERENCES, make_reference
 
 DEFAULT_CONTROLLERS = "denoising,deepc,lqr,lqr-id,oracle"
@@ -42,8 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="reference signal (default random)")
     p.add_argument("--reference-params", default="{}", metavar="JSON",
                    help="reference parameters, e.g. '{\"amplitude\": 0.5}'")
-    p.add_argument("--steps", type=positive_int, default=200,
-                   help="closed-loop samples (default 200)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--length", type=positive_int, default=None,
+                        help="closed-loop samples per episode (default 200)")
+    length.add_argument("--steps", type=positive_int, dest="old_steps", metavar="K",
+                        help="deprecated name of --length")
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="episodes (seeds 0..S-1, default 1)")
     p.add_argument("--horizon", type=positive_int, default=None,
@@ -87,10 +92,21 @@ def controller_names(text: str | None, have_model: bool) -> list[str]:
     return names
 
 
+def episode_length(args: argparse.Namespace) -> int:
+    """``--length`` (default 200), or the deprecated ``--steps`` (with a ``DeprecationWarning``)."""
+    if getattr(args, "old_steps", None) is not None:
+        warnings.warn("ddcontrol compare: --steps is deprecated, use --length (closed-loop "
+                      "samples per episode; 'steps' counts optimisation steps)",
+                      DeprecationWarning, stacklevel=2)
+        return args.old_steps
+    return 200 if args.length is None else args.length
+
+
 def run(args: argparse.Namespace) -> int:
     set_threads(args)
     from ddcontrol.score import load_model
 
+    args.length = episode_length(args)
     names = controller_names(args.controllers, args.model is not None)
     params = json_object(args.reference_params, "--reference-params", "compare")
     check_device(args.device, "--device")
@@ -112,26 +128,32 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--horizon {args.horizon} is longer than the model's window "
                                  f"({model.window_length} steps); use --horizon <= "
                                  f"{model.window_length}")
-    ref = make_reference(args.reference, args.env, args.steps, **params)
     t_ini = model.window_length - args.horizon if model is not None else sd.t_ini
     warmup = t_ini if args.warmup is None else args.warmup
-    if warmup >= args.steps:
+    if args.length < args.horizon:
+        raise ConfigurationError(f"--length {args.length} is shorter than the horizon "
+                                 f"{args.horizon}: the reference must cover one horizon; raise "
+                                 "--length or lower --horizon")
+    if warmup >= args.length:
         what = "--warmup" if args.warmup is not None else "the warm-up (T_ini)"
-        raise ConfigurationError(f"{what} of {warmup} samples leaves none of the --steps "
-                                 f"{args.steps} samples to score; raise --steps or lower "
+        raise ConfigurationError(f"{what} of {warmup} samples leaves none of the --length "
+                                 f"{args.length} samples to score; raise --length or lower "
                                  "--warmup")
     tracker_opts = {k: v for k, v in (("sigma", args.sigma),
                                        ("iterations_per_step", args.iterations_per_step))
                     if v is not None}
 
-    def factory(name: str):
-        return lambda: make_controller(
-            name, args.env, ref, args.Q, args.R, horizon=args.horizon, data=data, model=model,
-            t_ini=t_ini, options=tracker_opts if name == "denoising" else None)
+    ref = make_reference(args.reference, args.env, args.length, **params)
+    # One problem for every controller and the comparison (scored from --warmup, T_ini).
+    problem = TrackingProblem.for_env(args.env, ref, args.horizon, Q=args.Q, R=args.R,
+                                      t_ini=t_ini)
 
-    result = compare(args.env, {n: factory(n) for n in names}, ref, Q=args.Q, R=args.R,
-                     seeds=list(range(args.seeds)), score_from=warmup,
-                     progress=not args.quiet)
+    def factory(name: str):
+        return lambda: make_controller(name, problem, data=data, model=model, options=(
+            tracker_opts if name == "denoising" else None))
+
+    result = compare(problem, {n: factory(n) for n in names}, seeds=list(range(args.seeds)),
+                     score_from=warmup, progress=not args.quiet)
     paths = write_comparison(result, out, extra={"horizon": args.horizon, "t_ini": t_ini})
     print(result.to_markdown())
     print("\n" + "\n".join(f"{k:12s} {v}" for k, v in paths.items()))

@@ -27,6 +27,7 @@ from ddcontrol.evaluate.controllers import make_tracker
 from ddcontrol.evaluate.finite_horizon import finite_horizon_experiment
 from ddcontrol.evaluate.plots import plot_series, plot_tracking
 from ddcontrol.tracking.defaults import system_defaults
+from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import REFERENCES, make_reference
 from ddcontrol.tracking.tracker import SOLVERS
 
@@ -123,12 +124,13 @@ def run(args: argparse.Namespace) -> int:
     if args.closed_loop is not None:
         t_ini = model.window_length - horizon
         ref = make_reference(args.reference, env_id, args.closed_loop, **params)
+        # One problem: the tracker and the comparison (scored from T_ini on) share it.
+        problem = TrackingProblem.for_env(env_id, ref, horizon, Q=args.Q, R=args.R, t_ini=t_ini)
         loop = {k: v for k, v in (("iterations_per_step", args.iterations_per_step),
                                   ("step_time_budget", args.step_time_budget)) if v is not None}
-        result = compare(env_id, {"denoising": lambda: make_tracker(
-            model, data, ref, args.Q, args.R, horizon=horizon, env_id=env_id,
-            jacobian_every=args.jacobian_every, **loop, **options)}, ref, Q=args.Q, R=args.R,
-            seeds=[args.seed], score_from=t_ini)
+        result = compare(problem, {"denoising": lambda: make_tracker(
+            model, data, problem, jacobian_every=args.jacobian_every, **loop, **options)},
+            seeds=[args.seed])
         ep = result.episodes["denoising"][0]
         summary = {**result.row("denoising"), "env_id": env_id, "t_ini": t_ini,
                    "horizon": horizon, "per_step": {

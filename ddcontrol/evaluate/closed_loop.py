@@ -1,4 +1,8 @@
-"""Closed-loop episodes in the true environment, and their metrics."""
+"""Closed-loop episodes in the true environment, and their metrics.
+
+Both take a :class:`~ddcontrol.tracking.problem.TrackingProblem` (environment, reference, Q, R,
+T_ini from it), or, in the older form, the environment and the terms separately.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol.data.gym_env import EnvLike, StateAccess, applied_action, env_spec, make_env
+from ddcontrol.errors import ConfigurationError
 from ddcontrol.tracking.cost import tracking_cost, weight_matrix
+from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
 from envs.dynamics import Dynamics
 
@@ -73,14 +80,38 @@ class Episode:
         return self.error is not None
 
 
-def run_episode(env_id: EnvLike, controller: Policy, steps: int, *, seed: int = 0,
-                initial_state: np.ndarray | None = None,
-                env_kwargs: dict[str, Any] | None = None, warmup: int = 0,
-                warmup_input: np.ndarray | None = None) -> Episode:
-    """Run ``controller`` for ``steps`` samples in a fresh episode of ``env_id``.
+def problem_env(problem: TrackingProblem, env: EnvLike | None, where: str
+                ) -> tuple[EnvLike, dict[str, Any] | None]:
+    """The environment (and its keywords) a problem's episodes run in: ``env`` if given (an
+    ``Env`` or a factory: then the problem's ``env_kwargs`` do not apply), else the problem's
+    registered ``env_id``.
 
-    ``env_id`` is a registered id, a ``gymnasium.Env`` instance (reset here, not closed) or a
-    factory returning one; any env with 1-D ``Box`` spaces works. The environment is reset with
+    Raises
+    ------
+    ConfigurationError
+        Neither: the problem names no environment.
+    """
+    if env is not None:
+        return env, None
+    if problem.env_id is None:
+        raise ConfigurationError(f"{where}: the problem names no environment; build it with "
+                                 "TrackingProblem.for_env(env_id, ...), or pass env= (an id, "
+                                 "a gymnasium.Env or a factory)")
+    return problem.env_id, problem.env_kwargs
+
+
+@renamed_keywords(steps="length")
+def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: int | None = None,
+                *, seed: int = 0, initial_state: np.ndarray | None = None,
+                env_kwargs: dict[str, Any] | None = None, warmup: int | None = None,
+                warmup_input: np.ndarray | None = None, env: EnvLike | None = None) -> Episode:
+    """Run ``controller`` for ``length`` samples in a fresh episode.
+
+    ``problem`` is a :class:`~ddcontrol.tracking.problem.TrackingProblem` (the episode runs in
+    its environment, or in ``env``; ``length`` defaults to its reference's, ``warmup`` to its
+    ``t_ini``), or (older form) the environment itself: a registered id, a ``gymnasium.Env``
+    instance (reset here, not closed) or a factory returning one; any env with 1-D ``Box``
+    spaces works. ``steps=`` is the deprecated name of ``length=``. The environment is reset with
     ``seed`` (and put in ``initial_state`` if given, where the env's state can be set), so every
     controller run with the same arguments sees the same initial state and noise. For the first
     ``warmup`` samples the controller is still called (it measures), but ``warmup_input``
@@ -95,6 +126,23 @@ def run_episode(env_id: EnvLike, controller: Policy, steps: int, *, seed: int = 
     ``Episode.states`` holds the env's own state where it exposes one, else its observations
     (``Episode.state_source``).
     """
+    if isinstance(problem, TrackingProblem):
+        if env_kwargs is not None:
+            raise ConfigurationError("run_episode: the TrackingProblem already holds env_kwargs; "
+                                     "pass the problem alone")
+        env_id, env_kwargs = problem_env(problem, env, "run_episode")
+        if length is None and isinstance(problem.reference, Reference):
+            length = problem.reference.steps
+        if warmup is None:
+            warmup = problem.t_ini or 0
+    else:
+        if env is not None:
+            raise ConfigurationError("run_episode: env= goes with a TrackingProblem; the older "
+                                     "form takes the environment as its first argument")
+        env_id = problem
+    if length is None:
+        raise ConfigurationError("run_episode: length (samples of the episode) is required")
+    steps, warmup = length, warmup or 0
     env, owned = make_env(env_id, env_kwargs)
     spec = env_spec(env)
     native = isinstance(getattr(env.unwrapped, "dynamics", None), Dynamics)
@@ -148,17 +196,50 @@ def run_episode(env_id: EnvLike, controller: Policy, steps: int, *, seed: int = 
                    ood_steps=getattr(controller, "ood_steps", None))
 
 
-def episode_metrics(episode: Episode, reference: Reference, Q: Any, R: Any, *,
-                    input_low: np.ndarray, input_high: np.ndarray, score_from: int = 0
+def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: Any = None,
+                    R: Any = None, *, input_low: np.ndarray | None = None,
+                    input_high: np.ndarray | None = None, score_from: int | None = None
                     ) -> dict[str, Any]:
     """Tracking metrics of the samples ``k >= score_from``.
+
+    ``problem`` is a :class:`~ddcontrol.tracking.problem.TrackingProblem` (reference, Q, R, input
+    bounds — unbounded where it has none — and ``score_from`` its ``t_ini``, unless given), or
+    (older form) the reference, with ``Q``, ``R``, ``input_low`` and ``input_high`` given.
 
     Returns ``rms_error`` (RMS over tracked channels and samples, output units), ``total_cost``
     (Σ uᵀRu + eᵀQe), ``input_energy`` (Σ‖u‖²), ``bound_violations`` (samples where the
     controller asked for an input outside the actuator limits), ``mean_solve_ms`` and
     ``max_solve_ms``, ``steps`` scored, ``failed``, and ``ood_steps`` (steps the controller
     flagged out of its data, None where it does not measure it).
+
+    Raises
+    ------
+    ConfigurationError
+        A problem with Q or R; without a problem, a missing Q, R or bound.
     """
+    if isinstance(problem, TrackingProblem):
+        if Q is not None or R is not None:
+            raise ConfigurationError("episode_metrics: the TrackingProblem already holds Q and R; "
+                                     "pass the problem alone")
+        if not isinstance(problem.reference, Reference):
+            raise ConfigurationError("episode_metrics needs the problem's reference as a "
+                                     "Reference or an array of targets")
+        reference, Q, R = problem.reference, problem.Q, problem.R
+        m = problem.input_dim
+        input_low = (np.full(m, -np.inf) if problem.input_low is None else problem.input_low
+                     ) if input_low is None else input_low
+        input_high = (np.full(m, np.inf) if problem.input_high is None else problem.input_high
+                      ) if input_high is None else input_high
+        if score_from is None:
+            score_from = problem.t_ini or 0
+    else:
+        reference = problem
+        missing = [k for k, v in (("Q", Q), ("R", R), ("input_low", input_low),
+                                  ("input_high", input_high)) if v is None]
+        if missing:
+            raise ConfigurationError(f"episode_metrics: pass a TrackingProblem, or "
+                                     f"{', '.join(missing)} with the reference")
+        score_from = score_from or 0
     k = len(episode.outputs)
     out: dict[str, Any] = {"failed": episode.failed, "error": episode.error, "steps": k}
     out["ood_steps"] = episode.ood_steps  # flagged steps (None: not measured)
@@ -170,7 +251,8 @@ def episode_metrics(episode: Episode, reference: Reference, Q: Any, R: Any, *,
     u = episode.inputs[score_from:]
     r = reference.window(score_from, len(y))
     e = reference.select(y) - r
-    tol = 1e-9 * (1.0 + np.abs(input_high - input_low))
+    span = np.abs(np.asarray(input_high, float) - np.asarray(input_low, float))
+    tol = 1e-9 * (1.0 + np.where(np.isfinite(span), span, 0.0))  # an open side bounds nothing
     violations = np.any((episode.requested[score_from:] < input_low - tol)
                         | (episode.requested[score_from:] > input_high + tol), axis=1)
     cost = tracking_cost(u, reference.select(y), r, weight_matrix(Q, reference.tracked_dim, "Q"),

@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 from ddcontrol.data.gym_env import EnvLike, env_label, env_spec, make_env
-from ddcontrol.evaluate.closed_loop import Episode, Policy, episode_metrics, run_episode
+from ddcontrol.errors import ConfigurationError
+from ddcontrol.evaluate.closed_loop import (
+    Episode,
+    Policy,
+    episode_metrics,
+    problem_env,
+    run_episode,
+)
 from ddcontrol.evaluate.plots import plot_series, plot_tracking
+from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
 
 COLUMNS = ("controller", "rms_error", "total_cost", "cost_ratio", "input_energy",
@@ -91,30 +99,62 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def compare(env_id: EnvLike, controllers: Mapping[str, Callable[[], Policy]], reference: Reference,
-            *, Q: Any, R: Any, seeds: Sequence[int] = (0,), score_from: int = 0,
+def compare(problem: TrackingProblem | EnvLike, controllers: Mapping[str, Callable[[], Policy]],
+            reference: Reference | None = None, *, Q: Any = None, R: Any = None,
+            seeds: Sequence[int] = (0,), score_from: int | None = None,
             env_kwargs: dict[str, Any] | None = None,
             initial_states: Sequence[np.ndarray] | None = None,
-            progress: bool = True) -> ComparisonResult:
-    """Run every controller in closed loop for ``reference.steps`` samples per seed.
+            progress: bool = True, env: EnvLike | None = None) -> ComparisonResult:
+    """Run every controller in closed loop for the reference's length in samples, per seed.
+
+    ``compare(problem, controllers)``: the :class:`~ddcontrol.tracking.problem.TrackingProblem`
+    brings the environment, the reference (its length is the episode length), Q, R and T_ini
+    (the warm-up, ``score_from``). The older form ``compare(env_id, controllers, reference,
+    Q=..., R=...)`` gives them separately.
 
     Parameters
     ----------
-    env_id : str, gymnasium.Env or callable
-        A registered id, an ``Env`` instance or a factory (any env with 1-D ``Box`` spaces; see
-        :func:`~ddcontrol.evaluate.closed_loop.run_episode` for how episodes may end early).
+    problem : TrackingProblem, or str, gymnasium.Env or callable
+        The problem; or (older form) a registered id, an ``Env`` instance or a factory (any env
+        with 1-D ``Box`` spaces; see :func:`~ddcontrol.evaluate.closed_loop.run_episode` for
+        how episodes may end early).
     controllers : mapping name -> factory
         Each factory builds the controller (called once; the controller is reset per seed).
         A factory that raises marks that controller failed ("not applicable", ...).
     reference : Reference
-        Targets for the whole episode; its length is the episode length.
-    Q, R : weights of the reported cost.
+        Older form only: targets for the whole episode; its length is the episode length.
+    Q, R : weights of the reported cost (older form only).
     seeds : environment seeds (initial state and noise); one episode per seed.
-    score_from : the common warm-up: for samples ``k < score_from`` every controller's input is
-        replaced by zero (the data-driven ones measure their T_ini past meanwhile, applying zero
-        themselves), and the metrics count samples ``k >= score_from`` only.
+    score_from : the common warm-up (default: the problem's ``t_ini``, else 0): for samples
+        ``k < score_from`` every controller's input is replaced by zero (the data-driven ones
+        measure their T_ini past meanwhile, applying zero themselves), and the metrics count
+        samples ``k >= score_from`` only.
+    env_kwargs : older form only (a problem holds its own).
     initial_states : optional, one state per seed, instead of the env's random start.
+    env : with a problem: the environment to run in, instead of the problem's ``env_id`` (an
+        ``Env`` instance or a factory, e.g. for a problem built from measured data).
+
+    Raises
+    ------
+    ConfigurationError
+        A problem and any of reference, Q, R, env_kwargs; without a problem, a missing one.
     """
+    if isinstance(problem, TrackingProblem):
+        env_id, env_kwargs, reference, Q, R = _problem_terms(problem, env, reference, Q, R,
+                                                             env_kwargs)
+        if score_from is None:
+            score_from = problem.t_ini or 0
+    else:
+        if env is not None:
+            raise ConfigurationError("compare: env= goes with a TrackingProblem; the older form "
+                                     "takes the environment as its first argument")
+        missing = [k for k, v in (("reference", reference), ("Q", Q), ("R", R)) if v is None]
+        if missing:
+            raise ConfigurationError(f"compare: pass a TrackingProblem, or {', '.join(missing)} "
+                                     "with the environment")
+        env_id = problem
+        if score_from is None:
+            score_from = 0
     probe, owned = make_env(env_id, env_kwargs)
     dyn = env_spec(probe, env_label(env_id, probe))
     if owned:
@@ -179,6 +219,23 @@ def compare(env_id: EnvLike, controllers: Mapping[str, Callable[[], Policy]], re
         rows.append(row)
     return ComparisonResult(dyn.label, reference, list(seeds), score_from, rows, episodes,
                             list(dyn.output_names))
+
+
+def _problem_terms(problem: TrackingProblem, env: EnvLike | None, reference: Any, Q: Any,
+                   R: Any, env_kwargs: dict[str, Any] | None
+                   ) -> tuple[EnvLike, dict[str, Any] | None, Reference, Any, Any]:
+    """Environment, its keywords, reference, Q and R of ``compare(problem, ...)``."""
+    extra = [k for k, v in (("reference", reference), ("Q", Q), ("R", R),
+                            ("env_kwargs", env_kwargs)) if v is not None]
+    if extra:
+        raise ConfigurationError(f"compare: the TrackingProblem already holds {', '.join(extra)}"
+                                 "; pass the problem alone")
+    if not isinstance(problem.reference, Reference):
+        raise ConfigurationError("compare needs the problem's reference as a Reference or an "
+                                 "array of targets (its length is the episode's), not a function "
+                                 "of time")
+    env_id, env_kwargs = problem_env(problem, env, "compare")
+    return env_id, env_kwargs, problem.reference, problem.Q, problem.R
 
 
 def write_comparison(result: ComparisonResult, out: str | Path, *, seed_index: int = 0,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol.data.gym_env import EnvLike, EnvSimulator
 from ddcontrol.errors import ConfigurationError
 from ddcontrol.tracking.problem import TrackingProblem
@@ -228,8 +229,9 @@ def verify_dataset(data: Any, env: EnvLike | None = None, *, trajectories: Any =
     return {"max_output_error": y_err, "max_state_error": x_err, "trajectories": int(len(idx))}
 
 
+@renamed_keywords(past_length="t_ini")
 def plan_confidence(plan: Any, candidates: np.ndarray | None = None,
-                    past_length: int = 0) -> dict[str, float]:
+                    t_ini: int = 0) -> dict[str, float]:
     """What the model and the data alone say about a plan (no simulator needed).
 
     Parameters
@@ -237,8 +239,9 @@ def plan_confidence(plan: Any, candidates: np.ndarray | None = None,
     plan : PlanResult
     candidates : ndarray (K, L, C), optional
         The training windows in normalised units (e.g. ``tracker.candidates``).
-    past_length : int
-        T_ini: the measured past block, compared with the data like the rest.
+    t_ini : int
+        T_ini: the measured past block, compared with the data like the rest (``past_length=``
+        is its deprecated name).
 
     Returns
     -------
@@ -258,7 +261,7 @@ def plan_confidence(plan: Any, candidates: np.ndarray | None = None,
     w = np.asarray(plan.window, dtype=np.float64)
     d2 = np.min(np.mean((cand - w[None]) ** 2, axis=(1, 2)))
     lo, hi = cand.min(axis=0), cand.max(axis=0)
-    fut = slice(past_length, None)
+    fut = slice(t_ini, None)
     outside = (w[fut] < lo[fut]) | (w[fut] > hi[fut])
     out.update(nearest_window_rms=float(np.sqrt(d2)),
                future_outside_data=float(np.mean(outside)))

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from ddcontrol._validation import check_positive_float
 from ddcontrol.errors import ConfigurationError
 from ddcontrol.score.base import SigmaLike
-from ddcontrol.score.networks import check_window
+from ddcontrol.score.frozen import ExplicitLinearization, FrozenResidualMLP
+from ddcontrol.score.networks import ResidualMLP, check_window
 
 __all__ = ["edm_scalings", "BehaviorDenoiser"]
 
@@ -86,12 +87,55 @@ class BehaviorDenoiser(nn.Module):
         Tensor, shape (B, L, C), dtype of ``x``
         """
         check_window(x, self.window_length, self.channels, type(self).__name__)
+        if not torch.is_grad_enabled() and isinstance(sigma, (float, int)):
+            frozen = self.frozen(sigma)
+            if frozen is not None:
+                return frozen(x)
         s = self._sigma_vector(sigma, x)
         c_skip, c_out, c_in, c_noise = edm_scalings(s, self.sigma_data)
         xf = x.to(self._param_dtype())
         col = (-1, 1, 1)
         out = c_skip.view(col) * xf + c_out.view(col) * self.net(c_in.view(col) * xf, c_noise)
         return out.to(x.dtype)
+
+    _FROZEN_CACHE = 8  # σ levels kept (an annealed solve visits many, each used for a while)
+
+    def frozen(self, sigma: float) -> FrozenResidualMLP | None:
+        """This denoiser at the fixed noise level ``sigma`` as plain matrix products with explicit
+        VJPs (:mod:`ddcontrol.score.frozen`), for a residual-MLP inner network; None for others.
+        Cached per σ until a parameter changes (in place or by a move to another device)."""
+        if not isinstance(self.net, ResidualMLP):
+            return None
+        value = float(sigma)
+        if not 0.0 < value < float("inf"):
+            raise ConfigurationError(f"sigma must be finite and > 0, got {sigma!r}")
+        # In-place updates (optimiser steps, load_state_dict) bump a parameter's version and a
+        # move to another device or dtype changes its storage; they touch the first and last
+        # parameters as well as the others, and checking two keeps the lookup cheap.
+        first, last = self._ends()
+        key = (value, first.data_ptr(), first._version, last.data_ptr(), last._version)
+        cache: dict = self.__dict__.setdefault("_frozen", {})
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= self._FROZEN_CACHE:
+                cache.pop(next(iter(cache)))
+            hit = cache[key] = FrozenResidualMLP(self, value)
+        return hit
+
+    def _ends(self) -> tuple[Tensor, Tensor]:
+        params = self.__dict__.get("_param_ends")
+        if params is None or params[0] is not next(self.net.parameters()):
+            ps = list(self.net.parameters())
+            params = self.__dict__["_param_ends"] = (ps[0], ps[-1])
+        return params
+
+    def linearize(self, x: Tensor, sigma: SigmaLike) -> ExplicitLinearization | None:
+        """v(x) = D(x, σ) and its VJPs without autograd (see :meth:`frozen`); None when σ is a
+        tensor or the inner network is not a residual MLP (the caller then uses autograd)."""
+        if not isinstance(sigma, (float, int)):
+            return None
+        frozen = self.frozen(sigma)
+        return None if frozen is None else ExplicitLinearization(frozen, x)
 
     def loss(self, clean: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
         """Per-sample EDM-weighted denoising score-matching loss, mean over elements.

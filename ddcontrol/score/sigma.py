@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol._validation import as_finite_array, check_positive_int
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.manifold import BehaviorManifold
@@ -48,7 +49,7 @@ class SigmaSelection:
     errors : tuple of float
         Mean held-out conditioned prediction error per candidate (dimensionless).
     past_length : int
-        T_ini pinned in the held-out windows.
+        T_ini pinned in the held-out windows (also ``t_ini``; the name stored in checkpoints).
     windows : int
         Held-out windows used.
     """
@@ -59,28 +60,35 @@ class SigmaSelection:
     past_length: int
     windows: int
 
+    @property
+    def t_ini(self) -> int:
+        """T_ini pinned in the held-out windows (``past_length``)."""
+        return self.past_length
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (the form stored in checkpoints)."""
         return {"sigma": self.sigma, "grid": list(self.grid), "errors": list(self.errors),
                 "past_length": self.past_length, "windows": self.windows}
 
 
-def _initial_guess(x: Tensor, past_length: int, m: int) -> Tensor:
+def _initial_guess(x: Tensor, t_ini: int, m: int) -> Tensor:
     """Future outputs unknown: hold the last pinned output (zero, the data mean, without past)."""
     x0 = x.clone()
-    if past_length:
-        x0[:, past_length:, m:] = x[:, past_length - 1: past_length, m:]
+    if t_ini:
+        x0[:, t_ini:, m:] = x[:, t_ini - 1: t_ini, m:]
     else:
         x0[:, :, m:] = 0.0
     return x0
 
 
+@renamed_keywords(past_length="t_ini")
 def conditioned_prediction(denoiser: Any, windows: Tensor, sigma: float, *, input_dim: int,
-                           past_length: int, iterations: int = 20, sigma_start: float = 0.3,
+                           t_ini: int, iterations: int = 20, sigma_start: float = 0.3,
                            damping: float = 0.05, jacobian_every: int = 4) -> Tensor:
     """The model's future outputs for the past and future inputs of ``windows``, (H, L, C).
 
-    ``windows`` (H, L, C) are normalised; the past rows and every future input are pinned, the
+    ``windows`` (H, L, C) are normalised; the past rows (the first ``t_ini``; ``past_length=``
+    is its deprecated name) and every future input are pinned, the
     future outputs start at a hold of the last past output (the data mean without a past) and
     ``iterations`` Gauss-Newton pulls (σ annealed from ``max(sigma_start, sigma)`` to ``sigma``
     over the first half) move them onto the manifold. The given future outputs are not used.
@@ -88,7 +96,7 @@ def conditioned_prediction(denoiser: Any, windows: Tensor, sigma: float, *, inpu
     iterations (a chord method: 4 made it about 3x faster with the same errors to 3 digits on
     the benchmark models).
     """
-    m, t = input_dim, past_length
+    m, t = input_dim, t_ini
     mask = torch.zeros(windows.shape[1:], dtype=torch.bool, device=windows.device)
     mask[:t] = True
     mask[t:, :m] = True
@@ -107,8 +115,9 @@ def conditioned_prediction(denoiser: Any, windows: Tensor, sigma: float, *, inpu
     return out
 
 
+@renamed_keywords(past_length="t_ini")
 def conditioned_prediction_error(denoiser: Any, windows: Tensor, sigma: float, *,
-                                 input_dim: int, past_length: int, std: Tensor,
+                                 input_dim: int, t_ini: int, std: Tensor,
                                  mean: Tensor, iterations: int = 20,
                                  sigma_start: float = 0.3, damping: float = 0.05) -> Tensor:
     """Per-window relative error of the outputs the projection at ``sigma`` predicts, (H,).
@@ -116,8 +125,8 @@ def conditioned_prediction_error(denoiser: Any, windows: Tensor, sigma: float, *
     See :func:`conditioned_prediction`; the error is ‖y_pred − y‖ / ‖y‖ over the future
     outputs, in physical units (``std``, ``mean``: (C,) tensors of the normalisation).
     """
-    m, t = input_dim, past_length
-    pred = conditioned_prediction(denoiser, windows, sigma, input_dim=m, past_length=t,
+    m, t = input_dim, t_ini
+    pred = conditioned_prediction(denoiser, windows, sigma, input_dim=m, t_ini=t,
                                   iterations=iterations, sigma_start=sigma_start,
                                   damping=damping)
     y_std, y_mean = std[m:], mean[m:]
@@ -126,8 +135,9 @@ def conditioned_prediction_error(denoiser: Any, windows: Tensor, sigma: float, *
     return err / ref.clamp_min(1e-12)
 
 
+@renamed_keywords(past_length="t_ini")
 def select_sigma_windows(denoiser: Any, windows: Any, *, input_dim: int,
-                         past_length: int = 0, mean: Any = None, std: Any = None,
+                         t_ini: int = 0, mean: Any = None, std: Any = None,
                          grid: tuple[float, ...] = SIGMA_GRID, iterations: int = 20,
                          max_windows: int = 128, seed: int = 0,
                          device: str | torch.device = "cpu",
@@ -136,15 +146,16 @@ def select_sigma_windows(denoiser: Any, windows: Any, *, input_dim: int,
 
     ``mean``/``std`` (m + p,) are the normalisation (identity if omitted). The selected σ is the
     grid point of least mean error; ties go to the larger σ (the more conservative projection).
+    ``t_ini``: the measured past pinned with the inputs (``past_length=`` is its deprecated name).
     """
     w = as_finite_array(windows, "windows", ndim=3)
     h, length, channels = w.shape
     m = check_positive_int(input_dim, "input_dim")
     if m >= channels:
         raise DimensionError(f"input_dim {m} leaves no output channel of {channels}")
-    t = check_positive_int(past_length, "past_length", allow_zero=True)
+    t = check_positive_int(t_ini, "t_ini", allow_zero=True)
     if t >= length:
-        raise DimensionError(f"past_length {t} leaves no future in windows of {length} steps")
+        raise DimensionError(f"t_ini {t} leaves no future in windows of {length} steps")
     grid = tuple(float(s) for s in grid)
     if not grid or any(not (s > 0 and np.isfinite(s)) for s in grid):
         raise ConfigurationError(f"grid must hold positive finite σ values, got {grid}")
@@ -160,7 +171,7 @@ def select_sigma_windows(denoiser: Any, windows: Any, *, input_dim: int,
         raise DimensionError(f"mean and std must have shape ({channels},)")
     errors = []
     for s in grid:
-        e = conditioned_prediction_error(denoiser, x, s, input_dim=m, past_length=t,
+        e = conditioned_prediction_error(denoiser, x, s, input_dim=m, t_ini=t,
                                          std=std_t, mean=mean_t, iterations=iterations)
         errors.append(float(torch.nan_to_num(e, nan=np.inf).mean()))
     err = np.array(errors)
@@ -169,7 +180,8 @@ def select_sigma_windows(denoiser: Any, windows: Any, *, input_dim: int,
                           windows=int(x.shape[0]))
 
 
-def select_sigma(model: Any, held_out: Any, *, past_length: int | None = None,
+@renamed_keywords(past_length="t_ini")
+def select_sigma(model: Any, held_out: Any, *, t_ini: int | None = None,
                  grid: tuple[float, ...] = SIGMA_GRID, iterations: int = 20,
                  max_windows: int = 128, seed: int = 0) -> SigmaSelection:
     """Pick the projection σ of a trained model from held-out trajectories.
@@ -180,9 +192,10 @@ def select_sigma(model: Any, held_out: Any, *, past_length: int | None = None,
         The denoiser, its normaliser and window length.
     held_out : TrajectoryDataset
         Trajectories the model was not trained on (e.g. the validation split).
-    past_length : int, optional
+    t_ini : int, optional
         T_ini pinned with the inputs; default a third of the window (the measured past that
-        identifies the state, as the tracker conditions on it).
+        identifies the state, as the tracker conditions on it). ``past_length=`` is its
+        deprecated name.
     grid : tuple of float
         Candidate σ (normalised units), default 0.02-0.3.
     iterations : int
@@ -195,7 +208,7 @@ def select_sigma(model: Any, held_out: Any, *, past_length: int | None = None,
     SigmaSelection
     """
     length = model.window_length
-    t = length // 3 if past_length is None else past_length
+    t = length // 3 if t_ini is None else t_ini
     stride = max(1, length // 2)
     if hasattr(model, "model_windows"):  # the model's frame (canonical with a symmetry)
         windows = model.model_windows(held_out, stride)
@@ -204,7 +217,7 @@ def select_sigma(model: Any, held_out: Any, *, past_length: int | None = None,
     device = next(iter(model.denoiser.parameters())).device if hasattr(
         model.denoiser, "parameters") else "cpu"
     return select_sigma_windows(model.denoiser, windows, input_dim=model.input_dim,
-                                past_length=t, mean=model.normalizer.mean,
+                                t_ini=t, mean=model.normalizer.mean,
                                 std=model.normalizer.std, grid=grid, iterations=iterations,
                                 max_windows=max_windows, seed=seed, device=device)
 
@@ -225,8 +238,10 @@ def store_sigma(path_or_dir: str | os.PathLike, selection: SigmaSelection) -> Pa
     return save_checkpoint(path, payload)
 
 
-def resolve_sigma(model: Any, dataset: Any = None, *, past_length: int | None = None) -> float:
-    """σ for ``sigma="auto"``: the checkpoint's stored selection, else one made now.
+@renamed_keywords(past_length="t_ini")
+def resolve_sigma(model: Any, dataset: Any = None, *, t_ini: int | None = None) -> float:
+    """σ for ``sigma="auto"``: the checkpoint's stored selection, else one made now (with
+    ``t_ini`` pinned; ``past_length=`` is its deprecated name).
 
     Without a stored σ the selection runs on the trajectories training held out of ``dataset``
     (the same split and seed as :func:`~ddcontrol.score.train`), or all of them when training
@@ -249,4 +264,4 @@ def resolve_sigma(model: Any, dataset: Any = None, *, past_length: int | None = 
     held = dataset
     if 0.0 < frac < 1.0 and dataset.num_trajectories >= 2:
         _, held = dataset.split(1.0 - frac, seed=int(cfg.get("seed", 0)))
-    return select_sigma(model, held, past_length=past_length).sigma
+    return select_sigma(model, held, t_ini=t_ini).sigma

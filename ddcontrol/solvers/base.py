@@ -81,7 +81,9 @@ class Solver(abc.ABC):
         A problem stops when the displacement of its projected point over the last iteration is
         below this (units of x); for Armijo DRGD, its last accepted move. 0 disables.
     max_time : float
-        Seconds before stopping with "max_time" (checked every iteration, host clock only).
+        Seconds the run may take: it stops with "max_time" after the iteration past which one
+        more, as long as the last, would end beyond it (host clock only, checked every
+        iteration).
     check_every : int
         Stopping criteria that need device values (gradient norm, step, divergence) are checked
         every ``check_every`` iterations and at the last one: the only host synchronisations of
@@ -240,6 +242,7 @@ class Solver(abc.ABC):
 
         state = self._start(ctx, x0)
         k, loop_reason, prev_p = 0, "max_iterations", x0
+        t_iter = t0  # end of the previous iteration (host clock)
         for k in range(n_max + 1):
             sigma = sigmas[k]
             if k == 0:
@@ -248,7 +251,11 @@ class Solver(abc.ABC):
             else:
                 ev = self._evaluate(ctx, state["y"], sigma)
             p, f, rgrad, step = self._iterate(ctx, state, ev, k, sigma)
-            timed_out = time.perf_counter() - t0 > self.max_time
+            # Stop before an iteration that would end past the budget if it took as long as
+            # this one did: a real-time step must not overrun by one iteration.
+            now = time.perf_counter()
+            timed_out = 2.0 * now - t0 - t_iter > self.max_time
+            t_iter = now
             last = k == n_max or timed_out
             is_check = last or k % self.check_every == 0
             if hist is not None:

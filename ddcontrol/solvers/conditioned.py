@@ -137,7 +137,9 @@ class ConditionedDRGD(Solver):
         p, b, idx = ev.point, ev.point.shape[0], state["index"]
         n_pin, d = idx.numel(), p[0].numel()
         lead = 2 if self.momentum else 1
-        fresh = self._refresh
+        # The last iteration's step is never taken: its rows are only for the reported
+        # gradient, and the previous ones serve (when there are any).
+        fresh = self._refresh and not (k == self.max_iterations and state["rows"] is not None)
         cot = state["cot"]
         cot[0].copy_(ev.egrad)
         if lead == 2:

@@ -15,11 +15,13 @@ from ddcontrol.tracking.reference import REFERENCES, Reference, make_reference
 
 _LAZY = {"DenoisingTracker": "ddcontrol.tracking.tracker",
          "PlanResult": "ddcontrol.tracking.tracker",
+         "BatchPlanResult": "ddcontrol.tracking.batch",
+         "plan_batch": "ddcontrol.tracking.batch",
          "WindowCost": "ddcontrol.tracking.window_cost",
          "FramedWindowCost": "ddcontrol.tracking.window_cost"}
 
 __all__ = ["TrackingProblem", "WindowCost", "FramedWindowCost", "DenoisingTracker", "PlanResult",
-           "Reference", "REFERENCES", "make_reference"]
+           "BatchPlanResult", "plan_batch", "Reference", "REFERENCES", "make_reference"]
 
 
 def __getattr__(name: str) -> Any:

@@ -47,7 +47,7 @@ class SystemDefaults:
     R: float = 0.01
     solver: str = "nesterov"
     iterations_per_step: int = 20
-    step_time_fraction: float = 0.8
+    step_time_fraction: float = 0.45
     reference: str = "random"
     excitation: str = "mixed"
     excitation_params: dict[str, Any] = dataclasses.field(default_factory=dict)

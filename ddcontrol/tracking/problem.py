@@ -1,9 +1,12 @@
 """The finite-horizon tracking problem, in physical units, and its form on normalised windows.
 
-A :class:`TrackingProblem` is data: reference, horizon, weights, bounds. :meth:`window_cost` turns it
-into the batched cost of a normalised trajectory window ``x`` (B, L, m + p) — the form the manifold
-solvers minimise — with an analytic gradient (no extra backward pass) and the Lipschitz constant
-of that gradient (the natural step size is its inverse).
+A :class:`TrackingProblem` is data: reference, horizon, weights, bounds, and (optionally) the
+measured past T_ini and the environment it is posed on. It is what a user builds once and hands
+to the tracker, :func:`~ddcontrol.evaluate.make_controller`, :func:`~ddcontrol.evaluate.compare`
+and :func:`~ddcontrol.evaluate.run_episode`. :meth:`window_cost` turns it into the batched cost
+of a normalised trajectory window ``x`` (B, L, m + p) — the form the manifold solvers minimise —
+with an analytic gradient (no extra backward pass) and the Lipschitz constant of that gradient
+(the natural step size is its inverse).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol._validation import as_finite_array, check_positive_int
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import ConfigurationError, DimensionError
@@ -56,6 +60,17 @@ class TrackingProblem:
         Output and input weights (default 1 and 0.01).
     input_low, input_high : (m,), optional
         Input bounds in physical units (default: none).
+    t_ini : int, optional
+        T_ini, the measured past every controller gets before it is scored: the data-driven
+        controllers condition on it (a denoiser for this problem has windows of
+        ``t_ini + horizon`` steps), and :func:`~ddcontrol.evaluate.compare` scores from sample
+        ``t_ini`` on. None: taken from the model where one is given, else 0 / the controller's.
+    env_id : str, optional
+        The registered environment the problem is posed on (set by :meth:`for_env`, and by
+        :meth:`for_dataset` from the dataset's metadata); what ``compare`` and ``run_episode``
+        run the controllers in.
+    env_kwargs : dict, optional
+        Keyword arguments of that environment.
     """
 
     reference: ReferenceLike
@@ -68,12 +83,21 @@ class TrackingProblem:
     R: Any = 0.01
     input_low: Any = None
     input_high: Any = None
+    t_ini: int | None = None
+    env_id: str | None = None
+    env_kwargs: dict[str, Any] | None = None
     _Q: np.ndarray = field(init=False, repr=False)
     _R: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.horizon = check_positive_int(self.horizon, "horizon")
         self.input_dim = check_positive_int(self.input_dim, "input_dim")
+        if self.t_ini is not None:
+            self.t_ini = check_positive_int(self.t_ini, "t_ini", allow_zero=True)
+        if self.env_id is not None and not isinstance(self.env_id, str):
+            raise TypeError(f"env_id must be a registered environment id (str), got "
+                            f"{type(self.env_id).__name__}")
+        self.env_kwargs = None if self.env_kwargs is None else dict(self.env_kwargs)
         if isinstance(self.reference, Reference):
             ref = self.reference
             if self.output_dim is not None and self.output_dim != ref.output_dim:
@@ -121,22 +145,28 @@ class TrackingProblem:
 
     @classmethod
     def for_dataset(cls, data: Any, reference: Reference, horizon: int, *, Q: Any = 1.0,
-                    R: Any = 0.01) -> TrackingProblem:
-        """The problem for the system a dataset came from (input bounds from its metadata);
-        works for data collected from any environment, without a ddcontrol simulator."""
+                    R: Any = 0.01, t_ini: int | None = None) -> TrackingProblem:
+        """The problem for the system a dataset came from (input bounds, environment id and
+        keywords from its metadata); works for data collected from any environment, without a
+        ddcontrol simulator."""
         meta = data.metadata
+        env_id = meta.get("env_id")
         return cls(reference, horizon, data.input_dim, Q=Q, R=R,
-                   input_low=meta.get("input_low"), input_high=meta.get("input_high"))
+                   input_low=meta.get("input_low"), input_high=meta.get("input_high"),
+                   t_ini=t_ini, env_id=env_id if isinstance(env_id, str) else None,
+                   env_kwargs=meta.get("env_kwargs") or None)
 
     @classmethod
     def for_env(cls, env_id: str, reference: Reference, horizon: int, *, Q: Any = 1.0,
-                R: Any = 0.01, env_kwargs: dict[str, Any] | None = None) -> TrackingProblem:
+                R: Any = 0.01, t_ini: int | None = None,
+                env_kwargs: dict[str, Any] | None = None) -> TrackingProblem:
         """The problem for a registered environment: its input count and actuator limits."""
         from envs.registry import make_dynamics
 
         dyn = make_dynamics(env_id, env_kwargs)
         return cls(reference, horizon, dyn.input_dim, Q=Q, R=R, input_low=dyn.input_low,
-                   input_high=dyn.input_high)
+                   input_high=dyn.input_high, t_ini=t_ini, env_id=env_id,
+                   env_kwargs=env_kwargs)
 
     @property
     def tracked_dim(self) -> int:
@@ -180,15 +210,19 @@ class TrackingProblem:
         e = y[..., self.channels] - ref
         return ((e @ Q) * e).sum(axis=(-1, -2)) + ((u @ R) * u).sum(axis=(-1, -2))
 
-    def window_cost(self, normalizer: Normalizer, past_length: int = 0, start: int = 0,
+    @renamed_keywords(past_length="t_ini")
+    def window_cost(self, normalizer: Normalizer, t_ini: int | None = None, start: int = 0,
                     dtype: torch.dtype | None = None, device: Any = "cpu") -> WindowCost:
-        """The cost as a function of normalised windows of length ``past_length + horizon``
-        (torch; ``dtype`` default ``torch.float32``)."""
+        """The cost as a function of normalised windows of length ``t_ini + horizon`` (torch;
+        ``t_ini`` default: the problem's, else 0; ``dtype`` default ``torch.float32``).
+        ``past_length=`` is the deprecated name of ``t_ini=``."""
         import torch
 
         from ddcontrol.tracking.window_cost import WindowCost
 
-        return WindowCost(self, normalizer, past_length, start,
+        if t_ini is None:
+            t_ini = self.t_ini or 0
+        return WindowCost(self, normalizer, t_ini, start,
                           torch.float32 if dtype is None else dtype, device)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol._validation import as_finite_array, check_positive_float, check_positive_int
 from ddcontrol.errors import ConfigurationError, DimensionError, NonFiniteError, UnknownNameError
 
@@ -78,8 +79,13 @@ class Reference:
         object.__setattr__(self, "dt", check_positive_float(self.dt, "dt"))
 
     @property
+    def length(self) -> int:
+        """Number of samples T (the episode length of a closed-loop run on it)."""
+        return int(self.values.shape[0])
+
+    @property
     def steps(self) -> int:
-        """Number of samples T."""
+        """Number of samples T (``length``)."""
         return int(self.values.shape[0])
 
     @property
@@ -260,7 +266,8 @@ REFERENCES: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...] | None]] 
 }
 
 
-def make_reference(name: str, system: str | int, steps: int, dt: float | None = None, *,
+@renamed_keywords(steps="length")
+def make_reference(name: str, system: str | int, length: int, dt: float | None = None, *,
                    channels: Sequence[int] | None = None, seed: int = 0,
                    env_kwargs: dict[str, Any] | None = None, **params: Any) -> Reference:
     """Build the named reference for a system.
@@ -273,8 +280,8 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
     system : str or int
         A registered environment id (gives the output names and ``dt``), or the number p of
         measured outputs.
-    steps : int
-        Number T of samples.
+    length : int
+        Number T of samples (``steps=`` is its deprecated name).
     dt : float, optional
         Sampling time in seconds; default: the environment's (1.0 for an integer ``system``).
     channels : sequence of int, optional
@@ -293,7 +300,7 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
     Returns
     -------
     Reference
-        ``values`` of shape (steps, p_tracked).
+        ``values`` of shape (length, p_tracked).
 
     Raises
     ------
@@ -307,7 +314,7 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
     if name not in REFERENCES:
         raise UnknownNameError(f"unknown reference {name!r}; choose one of {sorted(REFERENCES)}")
     generator, needed = REFERENCES[name]
-    steps = check_positive_int(steps, "steps")
+    length = check_positive_int(length, "length")
     if isinstance(system, str):
         from envs.registry import make_dynamics
 
@@ -334,7 +341,7 @@ def make_reference(name: str, system: str | int, steps: int, dt: float | None = 
     if needed is not None and len(channels) != len(needed):
         raise ConfigurationError(f"reference {name!r} tracks {len(needed)} channels, got "
                                  f"channels={channels}")
-    t = np.arange(steps) * dt
+    t = np.arange(length) * dt
     try:
         values = generator(t, dt, len(channels), np.random.default_rng(seed), **params)
     except TypeError as exc:

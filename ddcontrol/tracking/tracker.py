@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,7 @@ from ddcontrol.symmetry import Identity, WindowSymmetry
 from ddcontrol.tracking.problem import FramedWindowCost, TrackingProblem, WindowCost
 from ddcontrol.trust import ON_OOD_POLICIES, OutOfDistributionError
 
-SOLVERS = ("drgd", "nesterov", "dlf")
+SOLVERS = ("drgd", "nesterov", "dlf", "guided")
 CONDITIONINGS = ("pin", "clamp", "penalty")
 
 
@@ -129,11 +130,13 @@ class DenoisingTracker:
         σ annealing of a cold-start solve: σ decreases geometrically from ``sigma_start`` to
         ``sigma`` over its first half (a large σ first moves the plan through the data's
         bulk, the small one then makes it precise). Warm receding-horizon steps use ``sigma``.
-    solver : "drgd" | "nesterov" | "dlf" | Solver
+    solver : "drgd" | "nesterov" | "dlf" | "guided" | Solver
         The optimiser; a name builds it with ``step_scale / L`` as step size (L: the cost
         gradient's Lipschitz constant in normalised coordinates). "drgd" and "nesterov" (heavy
         ball, momentum 0.9) run :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`, which
-        also masks active input bounds out of the step and caps each move (``max_step``).
+        also masks active input bounds out of the step and caps each move (``max_step``);
+        "guided" samples the denoiser with look-ahead cost guidance
+        (:class:`~ddcontrol.solvers.guided.GuidedDiffusion`; ``iterations`` are its levels).
     iterations : int
         Iterations of a cold-start plan.
     iterations_per_step : int
@@ -289,20 +292,35 @@ class DenoisingTracker:
         if warm.shape != (m,):
             raise DimensionError(f"warmup_input must have shape ({m},), got {warm.shape}")
         self.warmup_input = np.clip(warm, self._u_low, self._u_high)
-        self._warmed_up = False
+        self._trust_time_s = 0.0  # recent duration of a receding-horizon confidence estimate
+        self._executor: ThreadPoolExecutor | None = None  # background confidence estimates
+        self._pending: list[tuple[int, PlanResult, Future]] = []
         self.reset()
 
-    def _warm_up(self) -> None:
-        self._warmed_up = True
-        if self.candidates is None:
-            return
+    def _warmup_block(self, observations: list[np.ndarray]) -> np.ndarray:
+        """The measured block of the episode's first plan (reference step T_ini) while only
+        ``observations`` y_0..y_k (k < T_ini) exist: the warm-up inputs are known in advance,
+        the outputs not measured yet are NaN."""
         t = self.past_length
-        w = self.normalizer.denormalize(self.candidates[0].double().cpu().numpy())
-        past_u, past_y = (w[:t, : self.m], w[:t, self.m:]) if t else (None, None)
-        plan = self.plan(past_u, past_y, current_y=w[t, self.m:], start=0, iterations=1,
-                         refine=False)
-        self.plan(past_u, past_y, current_y=w[t, self.m:], start=0, iterations=1, refine=False,
-                  initial_point=plan.window)
+        block = np.full((t + 1, self.m + self.p), np.nan)
+        block[:t, : self.m] = self.warmup_input
+        for i, y in enumerate(observations[: t + 1]):
+            block[i, self.m:] = y
+        return block
+
+    def _cold_start_at_reset(self, observation: np.ndarray) -> None:
+        """The episode's cold-start solve, run by :meth:`reset` with the first measurement so
+        that no control step pays for it: the first plan (reference step T_ini), conditioned on
+        y_0 and the warm-up inputs, with the full ``iterations``. The warm-up steps refine it
+        as their outputs arrive and the first planned step continues from it."""
+        y = as_finite_array(observation, "observation", ndim=1)
+        if y.shape != (self.p,):
+            raise DimensionError(f"observation must have shape ({self.p},), got {y.shape}")
+        t0 = time.perf_counter()
+        self._prefetch = self._plan(self._warmup_block([y]), start=self.past_length,
+                                    initial_point=None, iterations=None, refine=False,
+                                    max_time=None, frame=None, start_t=t0)
+        self.reset_time_s = time.perf_counter() - t0
 
     @classmethod
     def from_model(cls, model: Any, problem: TrackingProblem, dataset: Any = None,
@@ -333,12 +351,12 @@ class DenoisingTracker:
         if isinstance(kwargs.get("sigma"), str) and kwargs["sigma"] == "auto":
             from ddcontrol.score.sigma import resolve_sigma
 
-            kwargs["sigma"] = resolve_sigma(model, dataset, past_length=past)
+            kwargs["sigma"] = resolve_sigma(model, dataset, t_ini=past)
         if dataset is not None and "trust" not in kwargs:
             from ddcontrol.trust import TrustEstimator
 
             kwargs["trust"] = TrustEstimator.from_model(
-                model, dataset, past_length=past, device=kwargs["device"],
+                model, dataset, t_ini=past, device=kwargs["device"],
                 repredict_sigma=float(kwargs.get("sigma", 0.05)))
         return cls(model.denoiser, model.normalizer, problem, candidates=cand, past_length=past,
                    **kwargs)
@@ -364,6 +382,8 @@ class DenoisingTracker:
                   "max_time": math.inf if max_time is None else max_time}
         if self.sigma_start is not None and not warm:
             common.update(sigma_start=self.sigma_start, anneal_iterations=iterations // 2)
+        if spec == "guided":
+            return self._guided_solver(iterations, measured, warm, common)
         if spec != "dlf" and (measured is None or self.conditioning == "pin"):
             # With nothing measured the pinned set is empty: this is DRGD with active input
             # bounds masked out of the step and a trust region, which a learned denoiser needs.
@@ -384,9 +404,34 @@ class DenoisingTracker:
             return AcceleratedDRGD(step_size=self.step_size, momentum=0.9, **common)
         return DLF(step_size=self.step_size, **common)
 
+    def _guided_solver(self, iterations: int, measured: Tensor | None, warm: bool,
+                       common: dict[str, Any]) -> Solver:
+        """Guided diffusion (:class:`~ddcontrol.solvers.guided.GuidedDiffusion`): sampling
+        from the denoiser with look-ahead guidance toward low cost, the measured past inpainted
+        at every level; a warm start is re-noised less (SDEdit from σ 0.2, a cold one from 0.5)."""
+        from ddcontrol.solvers.guided import GuidedDiffusion
+
+        pinned: dict[str, Any] = {}
+        if measured is not None:
+            mask = torch.zeros(self.window_length, self.m + self.p, dtype=torch.bool,
+                               device=self.device)
+            values = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+            known = ~torch.isnan(measured)
+            mask[: measured.shape[0]] = known
+            values[: measured.shape[0]] = torch.nan_to_num(measured)
+            pinned = {"mask": mask, "values": values}
+        common = {k: v for k, v in common.items() if k not in ("sigma_start", "anneal_iterations")}
+        return GuidedDiffusion(self.step_size, sigma_max=0.2 if warm else 0.5,
+                               damping=self.damping, seed=0, **pinned, **common)
+
     def _normalised_past(self, past_u: np.ndarray | None, past_y: np.ndarray | None,
                          current_y: np.ndarray | None) -> Tensor | None:
         """Measured past as a normalised (T_ini + 1, C) block; NaN where not measured."""
+        return self._normalise_block(self._measured_block(past_u, past_y, current_y))
+
+    def _measured_block(self, past_u: np.ndarray | None, past_y: np.ndarray | None,
+                        current_y: np.ndarray | None) -> np.ndarray | None:
+        """Measured past (physical units) as a (T_ini + 1, C) block, NaN where not measured."""
         t = self.past_length
         if t == 0 and current_y is None:
             return None
@@ -400,6 +445,12 @@ class DenoisingTracker:
             block[:t, : self.m], block[:t, self.m:] = pu, py
         if current_y is not None:
             block[t, self.m:] = as_finite_array(current_y, "current_y", ndim=1)
+        return block
+
+    def _normalise_block(self, block: np.ndarray | None) -> Tensor | None:
+        """A physical measured block into the model's frame and units (sets the plan's frame)."""
+        if block is None:
+            return None
         if not self.symmetry.is_identity:
             # The first measured sample fixes the frame; unmeasured channels stay NaN.
             g = self.symmetry.frame_of_sample(block[0])
@@ -514,9 +565,21 @@ class DenoisingTracker:
             measured); default the identity (the canonical frame is the world frame).
         """
         start_t = time.perf_counter()
+        block = self._measured_block(past_u, past_y, current_y)
+        return self._plan(block, start=start, initial_point=initial_point, iterations=iterations,
+                          refine=refine, max_time=max_time, frame=frame, start_t=start_t)
+
+    def _plan(self, block: np.ndarray | None, *, start: int,
+              initial_point: np.ndarray | Tensor | None, iterations: int | None, refine: bool,
+              max_time: float | None, frame: np.ndarray | None, start_t: float,
+              confidence: str = "now") -> PlanResult:
+        """:meth:`plan` from a physical measured block (T_ini + 1, C) in which entries not
+        measured (yet) are NaN: the receding-horizon warm-up plans before T_ini samples exist.
+        ``confidence``: the trust estimate ``"now"``, ``"later"`` (in the background, attached
+        by :meth:`_collect_trust`) or ``"none"`` (plans never applied)."""
         self._frame = (self.symmetry.identity_element() if frame is None
                        else np.asarray(frame, dtype=float).reshape(self.symmetry.group_dim))
-        measured = self._normalised_past(past_u, past_y, current_y)
+        measured = self._normalise_block(block)
         if isinstance(self.cost, FramedWindowCost):
             self.cost.set_frame(self._frame)
         self.cost.set_start(start)
@@ -532,7 +595,10 @@ class DenoisingTracker:
         lo, hi = self._bounds(measured)
         problem = Problem(self.manifold, f, g, lower=lo, upper=hi)
         if max_time is not None:
-            max_time = max(max_time - (time.perf_counter() - start_t), 1e-6)
+            # What is left of the budget once the confidence estimate after the solve (its
+            # recent duration) is set aside.
+            reserve = self._trust_time_s if self.trust is not None and confidence == "now" else 0.0
+            max_time = max(max_time - (time.perf_counter() - start_t) - reserve, 1e-6)
         iterations = (self.iterations if iterations is None  # 0 is an error, never the default
                       else check_positive_int(iterations, "iterations"))
         solver = self._make_solver(iterations, measured,
@@ -550,13 +616,20 @@ class DenoisingTracker:
             x = self._refine(x, measured)
         # The reprediction term (a conditioned solve) only for refined plans: receding-horizon
         # steps apply one input and keep the cheap measures (ddcontrol.trust).
-        report = None if self.trust is None else self.trust(x, repredict=refine).item(0)
+        report = None
+        later = self.trust is not None and confidence == "later" and not refine
+        if self.trust is not None and confidence == "now":
+            t_trust = time.perf_counter()
+            report = self.trust(x, repredict=refine).item(0)
+            if not refine:  # a decaying maximum of the receding-horizon steps' trust times
+                self._trust_time_s = max(0.9 * self._trust_time_s,
+                                         time.perf_counter() - t_trust)
         solve_time = time.perf_counter() - start_t
         w = self.symmetry.act(self._frame, self.normalizer.denormalize(x[0].double().cpu().numpy()))
         fut = w[self.past_length:]
         u = np.clip(fut[:, : self.m], self._u_low, self._u_high)
         y = fut[:, self.m:]
-        return PlanResult(inputs=u, predicted_outputs=y,
+        plan = PlanResult(inputs=u, predicted_outputs=y,
                           predicted_cost=float(self.problem.cost(u, y, start)),
                           initial_cost=initial_cost, window=x[0].cpu().numpy(),
                           iterations=result.iterations, solve_time_s=solve_time,
@@ -565,6 +638,21 @@ class DenoisingTracker:
                           estimated_deviation=None if report is None
                           else report["estimated_deviation"],
                           ood=None if report is None else report["ood"], trust=report)
+        if later:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1,
+                                                    thread_name_prefix="ddcontrol-trust")
+            self._pending.append((start, plan,
+                                  self._executor.submit(self.trust, x.clone(), repredict=False)))
+        return plan
+
+    def plan_batch(self, past_u: np.ndarray | None = None, past_y: np.ndarray | None = None,
+                   **kwargs: Any) -> Any:
+        """K plans in one batched solve (pasts (K, T_ini, ·), per-problem ``start``,
+        ``references``, ``frame``...): :func:`ddcontrol.tracking.batch.plan_batch`."""
+        from ddcontrol.tracking.batch import plan_batch
+
+        return plan_batch(self, past_u, past_y, **kwargs)
 
     # -- receding horizon (a Gymnasium-loop policy) ----------------------------------------------
     name = "denoising"
@@ -572,19 +660,24 @@ class DenoisingTracker:
     def reset(self, observation: np.ndarray | None = None, info: dict | None = None) -> None:
         """Forget the measured history and the warm start (call at the start of an episode).
 
-        The first reset with an observation also runs one throw-away solve, so that torch's
-        one-time initialisation (about 0.3 s on a CPU) does not land in the first control step.
+        With the first observation (y_0) and candidate windows, this also runs the episode's
+        cold-start solve (``iterations``, not time-limited; its time is ``reset_time_s``): the
+        control steps, the first included, then run warm-started solves within
+        ``step_time_budget``.
         """
-        if observation is not None and not self._warmed_up:
-            self._warm_up()
         self._u_hist: list[np.ndarray] = []
         self._y_hist: list[np.ndarray] = []
         self._warm: np.ndarray | None = None  # previous plan's window, world frame, physical
+        self._prefetch: PlanResult | None = None  # the first plan, solved during the warm-up
         self.last_plan: PlanResult | None = None
         self.last_solve_time_s = 0.0
+        self.reset_time_s = 0.0
         self.step_index = 0
-        self.ood_steps = 0  # flagged steps of this episode (see on_ood)
+        self._pending.clear()  # a previous episode's estimates are not this one's
+        self._ood_steps = 0  # flagged steps of this episode (see on_ood)
         self._good: tuple[int, np.ndarray] | None = None  # (step, inputs) of the last good plan
+        if observation is not None and self.candidates is not None:
+            self._cold_start_at_reset(observation)
         if (observation is not None and self.fallback is not None
                 and callable(getattr(self.fallback, "reset", None))):
             self.fallback.reset(observation, info)
@@ -593,25 +686,40 @@ class DenoisingTracker:
         """Measure ``observation`` (y_k), plan, and return the input u_k to apply now (m,).
 
         ``info`` is accepted for the controller interface and ignored: the tracker uses
-        measured outputs only.
+        measured outputs only. While fewer than T_ini samples exist the warm-up input is
+        applied, and the first plan (from :meth:`reset`) is refined with each new output.
         """
+        start_t = time.perf_counter()
+        self._collect_trust()
         y = as_finite_array(observation, "observation", ndim=1)
         if y.shape != (self.p,):
             raise DimensionError(f"observation must have shape ({self.p},), got {y.shape}")
         self._y_hist.append(y)
         k, t = self.step_index, self.past_length
         self.step_index += 1
+        budget = {"refine": False, "max_time": self.step_time_budget, "frame": None,
+                  "start_t": start_t}
         if k < t:
             self.last_solve_time_s = 0.0
+            if self._prefetch is not None and k > 0:
+                # The same window as the first plan (same frame, same reference step), with
+                # one more measured output; not applied, so no confidence yet.
+                self._prefetch = self._plan(
+                    self._warmup_block(self._y_hist), start=t,
+                    initial_point=self._prefetch.window, iterations=self.iterations_per_step,
+                    confidence="none", **budget)
+                self.last_solve_time_s = self._prefetch.solve_time_s
             self._u_hist.append(self.warmup_input.copy())
             return self.warmup_input.copy()
         past_u = np.array(self._u_hist[k - t:k]).reshape(t, self.m)
         past_y = np.array(self._y_hist[k - t:k]).reshape(t, self.p)
-        # Only the first input is applied: the refinement (which makes the predicted outputs
-        # exact for the reported plan) is not worth its time here.
-        if self._warm is None:
-            plan = self.plan(past_u, past_y, current_y=y, start=k, refine=False,
-                             max_time=self.step_time_budget)
+        iterations: int | None = self.iterations_per_step
+        if self._warm is None and self._prefetch is not None:
+            # The first planned step continues the cold start solved at reset (same window).
+            initial = self._prefetch.window
+            self._prefetch = None
+        elif self._warm is None:  # no reset with an observation: a cold start now
+            initial, iterations = None, None
         else:
             # Shift the previous plan by one step; its last row repeats (a neutral guess). It
             # moves into the frame of the new measured past (the world frame is fixed).
@@ -620,10 +728,13 @@ class DenoisingTracker:
             first = np.concatenate([past_u[0], past_y[0]]) if t else np.concatenate(
                 [np.full(self.m, np.nan), y])
             g = self.symmetry.frame_of_sample(first)
-            shifted = self.normalizer.normalize(self.symmetry.inverse_act(g, shifted))
-            plan = self.plan(past_u, past_y, current_y=y, start=k, initial_point=shifted,
-                             iterations=self.iterations_per_step, refine=False,
-                             max_time=self.step_time_budget)
+            initial = self.normalizer.normalize(self.symmetry.inverse_act(g, shifted))
+        # Only the first input is applied: the refinement (which makes the predicted outputs
+        # exact for the reported plan) is not worth its time here. Under "warn" the input does
+        # not depend on the confidence, which is then computed while the plant moves.
+        plan = self._plan(self._measured_block(past_u, past_y, y), start=k,
+                          initial_point=initial, iterations=iterations,
+                          confidence="later" if self.on_ood == "warn" else "now", **budget)
         self._warm = self.symmetry.act(plan.frame, self.normalizer.denormalize(
             np.asarray(plan.window, dtype=float)))
         self.last_plan = plan
@@ -640,10 +751,28 @@ class DenoisingTracker:
         self._u_hist.append(u)
         return u
 
+    @property
+    def ood_steps(self) -> int:
+        """Steps of this episode whose plan was flagged (every estimate finished first)."""
+        self._collect_trust(wait=True)
+        return self._ood_steps
+
+    def _collect_trust(self, wait: bool = False) -> None:
+        """Attach the background confidence estimates that have finished (all with ``wait``)
+        to their plans and count the flagged ones (the ``warn`` policy, the only one whose
+        input does not depend on the flag, runs them in the background)."""
+        while self._pending and (wait or self._pending[0][2].done()):
+            k, plan, future = self._pending.pop(0)
+            report = future.result().item(0)
+            plan.estimated_deviation, plan.ood, plan.trust = (
+                report["estimated_deviation"], report["ood"], report)
+            if plan.ood:
+                self._on_ood(plan, k, None, None, plan.inputs[0])
+
     def _on_ood(self, plan: PlanResult, k: int, observation: np.ndarray, info: dict | None,
                 u: np.ndarray) -> np.ndarray:
         """The input to apply at flagged step ``k`` under the ``on_ood`` policy."""
-        self.ood_steps += 1
+        self._ood_steps += 1
         msg = (f"step {k}: plan flagged out of the data's distribution (estimated deviation "
                f"{plan.estimated_deviation:.3g} > {plan.trust['threshold']:.3g})")
         if self.on_ood == "raise":
@@ -654,7 +783,7 @@ class DenoisingTracker:
             if self._good is not None and k - self._good[0] < len(self._good[1]):
                 return self._good[1][k - self._good[0]].copy()
             return self.warmup_input.copy()
-        if self.ood_steps == 1:  # once per episode; ood_steps counts the rest
+        if self._ood_steps == 1:  # once per episode; ood_steps counts the rest
             warnings.warn(msg + "; later flagged steps are counted in ood_steps",
                           RuntimeWarning, stacklevel=3)
         return u

@@ -109,22 +109,30 @@ class FramedWindowCost:
             g = self.symmetry.identity_element()
         self.g = torch.as_tensor(np.asarray(g, dtype=float), dtype=mean.dtype,
                                  device=mean.device)
+        # The frame map acts on every sample of a window alike and is affine in it (a rotation
+        # and a shift in normalised units): w_t = x_t M + b. Its matrix and offset, read off
+        # the map at 0 and at the unit vectors (as samples of one probe window), make each
+        # evaluation one product instead of the symmetry's own arithmetic and autograd.
+        c = mean.shape[0]
+        probe = torch.cat([torch.zeros(1, c, dtype=mean.dtype, device=mean.device),
+                           torch.eye(c, dtype=mean.dtype, device=mean.device)])
+        probe = probe.expand(*self.g.shape[:-1], c + 1, c)
+        n = self.normalizer
+        out = n.normalize(self.symmetry.act(self.g, n.denormalize(probe)))
+        self._offset = out[..., :1, :]  # (..., 1, C)
+        self._matrix = out[..., 1:, :] - self._offset  # (..., C, C): row j is the image of e_j
 
     def to_world(self, x: Tensor) -> Tensor:
         """Normalised canonical windows (B, L, C) → normalised world windows."""
-        n = self.normalizer
-        return n.normalize(self.symmetry.act(self.g, n.denormalize(x)))
+        return x @ self._matrix + self._offset
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.cost(self.to_world(x))
 
     def egrad(self, x: Tensor) -> Tensor:
         """Euclidean gradient w.r.t. the canonical normalised window (detached)."""
-        with torch.enable_grad():
-            xx = x.detach().requires_grad_(True)
-            w = self.to_world(xx)
-            (grad,) = torch.autograd.grad(w, xx, self.cost.egrad(w))
-        return grad
+        x = x.detach()
+        return self.cost.egrad(self.to_world(x)) @ self._matrix.transpose(-1, -2)
 
     def lipschitz(self) -> float:
         """The world cost's constant times ‖A‖², A the linear part of the frame map in normalised

@@ -1,0 +1,123 @@
+"""Real time with the defaults: the tracker's per-step time against the sampling time.
+
+For each system, seed and reference of the closed-loop suite (cached models and data in
+``benchmarks/models/suite/``, trained by ``bench_closed_loop_suite.py``), the DenoisingTracker
+runs twice from the same start: with every default (the system's per-step time budget,
+``step_time_fraction`` x dt) and iteration-limited (no budget: every warm step runs its
+``iterations_per_step``). Reported per run: the wall time of every control step (the whole
+``act()``, as the closed loop measures it) as percentiles and maximum against dt, the first
+control step's time, the reset's cold start, and the budgeted run's closed-loop cost relative
+to the iteration-limited one (target: p95 <= 0.5 dt, max <= dt, cost within 5 %).
+
+Run: ``python benchmarks/bench_realtime.py [--systems msd pendulum unicycle] [--seeds 0]
+[--steps 200] [--threads 1]``; writes ``benchmarks/results/realtime.json``. Wall-clock figures
+measure the machine as well as the code: the JSON records the load average at start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_closed_loop_suite import SYSTEMS, _label, dataset_and_model  # noqa: E402
+
+from ddcontrol._io import atomic_write  # noqa: E402
+from ddcontrol.evaluate.compare import compare  # noqa: E402
+from ddcontrol.evaluate.controllers import make_controller  # noqa: E402
+from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
+from ddcontrol.tracking.reference import make_reference  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+TRAIN_STEPS = {"msd": 4000, "coupled": 4000, "pendulum": 8000, "unicycle": 8000}
+
+
+def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool) -> dict[str, Any]:
+    """A closed loop of the tracker with the defaults (``budget``) or iteration-limited."""
+    spec = SYSTEMS[system]
+    env, d = spec["env"], system_defaults(spec["env"])
+    data, model = dataset_and_model(system, seed, TRAIN_STEPS[system], "cpu")
+    name, params = spec["references"][ref_index]
+    ref = make_reference(name, env, steps, **dict(params))
+    opts = {} if budget else {"step_time_budget": None}
+    factory = partial(make_controller, "denoising", env, ref, d.Q, d.R, horizon=d.horizon,
+                      data=data, model=model, t_ini=d.t_ini, options=opts)
+    holder: dict[str, Any] = {}
+
+    def build() -> Any:
+        holder["tracker"] = factory()
+        return holder["tracker"]
+
+    res = compare(env, {"denoising": build}, ref, Q=d.Q, R=d.R, score_from=d.t_ini,
+                  seeds=[seed], progress=False)
+    episode, row = res.episodes["denoising"][0], res.rows[0]
+    times = np.asarray(episode.solve_times) * 1e3
+    control = times[d.t_ini:]  # the planned steps (the warm-up steps refine the first plan)
+    tracker = holder["tracker"]
+    return {"system": system, "reference": _label(name, dict(params)), "seed": seed,
+            "budgeted": budget, "dt_ms": ref.dt * 1e3,
+            "budget_ms": None if tracker.step_time_budget is None
+            else tracker.step_time_budget * 1e3,
+            "total_cost": row["total_cost"], "failed": row["failed"],
+            "step_p50_ms": float(np.percentile(control, 50)),
+            "step_p95_ms": float(np.percentile(control, 95)),
+            "step_max_ms": float(control.max()),
+            "first_step_ms": float(control[0]), "warmup_max_ms": float(times[:d.t_ini].max())
+            if d.t_ini else 0.0, "reset_s": float(tracker.reset_time_s),
+            "ood_steps": row.get("ood_steps")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--systems", nargs="+", default=["msd", "pendulum", "unicycle"],
+                   choices=list(SYSTEMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--references", nargs="+", type=int, default=[0],
+                   help="indices into the suite's references of each system")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(RESULTS / "realtime.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    doc: dict[str, Any] = {"load_start": os.getloadavg(), "threads": args.threads, "runs": []}
+    for system in args.systems:
+        for seed in args.seeds:
+            for r in args.references:
+                pair = {}
+                for budget in (True, False):
+                    t0 = time.perf_counter()
+                    pair[budget] = one_run(system, seed, r, args.steps, budget)
+                    doc["runs"].append(pair[budget])
+                    q = pair[budget]
+                    print(f"{system} {q['reference']} s{seed} {'budget' if budget else 'iters'}: "
+                          f"step p50/p95/max {q['step_p50_ms']:.1f}/{q['step_p95_ms']:.1f}/"
+                          f"{q['step_max_ms']:.1f} ms (dt {q['dt_ms']:.0f}), first "
+                          f"{q['first_step_ms']:.1f} ms, reset {q['reset_s']:.2f} s, cost "
+                          f"{q['total_cost']:.4g} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                ratio = pair[True]["total_cost"] / pair[False]["total_cost"]
+                pair[True]["cost_vs_unbudgeted"] = ratio
+                print(f"  budgeted / iteration-limited cost: {ratio:.3f}", flush=True)
+    doc["load_end"] = os.getloadavg()
+    budgeted = [r for r in doc["runs"] if r["budgeted"]]
+    doc["summary"] = {s: {
+        "p95_over_dt_max": max(r["step_p95_ms"] / r["dt_ms"] for r in rs),
+        "max_over_dt_max": max(r["step_max_ms"] / r["dt_ms"] for r in rs),
+        "cost_vs_unbudgeted_median": float(np.median([r["cost_vs_unbudgeted"] for r in rs])),
+        "cost_vs_unbudgeted_worst": max(r["cost_vs_unbudgeted"] for r in rs)}
+        for s in args.systems if (rs := [r for r in budgeted if r["system"] == s])}
+    text = json.dumps(doc, indent=1).encode()
+    atomic_write(Path(args.out), lambda fh: fh.write(text))
+    print(json.dumps(doc["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

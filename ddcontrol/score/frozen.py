@@ -1,0 +1,154 @@
+"""The residual-MLP denoiser at one fixed σ, with its Jacobian-transpose products written out.
+
+The solvers evaluate v(x) = D(x, σ) and v'(x)ᵀu at one σ for many iterations in a row, at batch
+sizes of 1-64, where a network of this size costs almost nothing in arithmetic and nearly all of
+its time in per-operation overhead: autograd's graph, ``vmap`` over the cotangents, the noise
+embedding recomputed on every call. At a fixed σ everything that depends on σ folds into constants:
+
+    D(x) = c_skip x + c_out [W_o silu(h_L) + b_o + g (c_in W_s x + b_s)]
+    h_0 = c_in W_i x + b_i,   h_{k+1} = h_k + W2_k silu(W1_k silu(h_k) + b1_k + E_k e) + b2_k
+
+with e the noise embedding and g = exp(skip_gain(e)) / σ the linear branch's gain (see
+:class:`~ddcontrol.score.networks.ResidualMLP`). :class:`FrozenResidualMLP` keeps those constants
+and runs the forward pass as a handful of matrix products; :class:`ExplicitLinearization` keeps
+its activations and computes v'(x)ᵀu for n cotangents at once by the chain rule written by hand,
+so a pinned-coordinate Jacobian of k rows is one batch of matrix products instead of k backward
+passes. Same numbers as autograd through :class:`~ddcontrol.score.precond.BehaviorDenoiser` up to
+rounding (tested); no parameter gradients (the manifold never needs them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddcontrol.errors import DimensionError
+
+__all__ = ["FrozenResidualMLP", "ExplicitLinearization"]
+
+
+def _dsilu(h: Tensor) -> Tensor:
+    """silu'(h) = s(h) (1 + h (1 − s(h))), s the logistic function."""
+    s = torch.sigmoid(h)
+    return s * (1.0 + h * (1.0 - s))
+
+
+class FrozenResidualMLP:
+    """``BehaviorDenoiser(ResidualMLP)`` evaluated at one noise level σ (a float).
+
+    Built by :meth:`BehaviorDenoiser.frozen`, which caches it per (σ, parameter version); the
+    weights are views of the module's parameters (no copy), the σ-dependent biases and gains
+    are computed once here.
+    """
+
+    def __init__(self, denoiser: Any, sigma: float) -> None:
+        net = denoiser.net
+        p = next(net.parameters())
+        self.dtype, self.device = p.dtype, p.device
+        self.sigma = float(sigma)
+        self.shape = (denoiser.window_length, denoiser.channels)
+        with torch.no_grad():
+            s = torch.full((1,), self.sigma, dtype=self.dtype, device=self.device)
+            s2, d2 = s * s, denoiser.sigma_data ** 2
+            self.c_skip = float(d2 / (s2 + d2))
+            self.c_out = float(s * denoiser.sigma_data / (s2 + d2).sqrt())
+            self.c_in = float(1.0 / (s2 + d2).sqrt())
+            c_noise = s.log() / 4.0
+            emb = net.embed(c_noise)
+            self.w_in, self.b_in = net.inp.weight.detach(), net.inp.bias.detach()
+            # Per block: (W1, b1 + E e + b_E, W2, b2).
+            self.blocks = [(b.fc1.weight.detach(), (b.fc1.bias + b.emb(emb)[0]).detach(),
+                            b.fc2.weight.detach(), b.fc2.bias.detach()) for b in net.blocks]
+            self.w_out, self.b_out = net.out.weight.detach(), net.out.bias.detach()
+            self.w_skip = None
+            bias = self.b_out
+            if net.skip is not None:
+                gain = torch.exp(net.skip_gain(emb) - 4.0 * c_noise[:, None])[0, 0]
+                # c_out g (c_in W_s x + b_s): the skip's matrix with its scalar, and its bias.
+                self.w_skip = net.skip.weight.detach()
+                self.skip_scale = float(self.c_out * gain * self.c_in)
+                bias = bias + gain * net.skip.bias
+            self.bias = (self.c_out * bias).detach()
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim != 3 or tuple(x.shape[1:]) != self.shape:
+            raise DimensionError(f"BehaviorDenoiser expects windows of shape (B, {self.shape[0]}, "
+                                 f"{self.shape[1]}), got {tuple(x.shape)}")
+
+    def forward(self, x: Tensor, keep: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        """D(x, σ) of windows x (B, L, C) in x's dtype; with ``keep``, also the derivatives
+        silu'(·) at every pre-activation, which are all the VJPs need."""
+        self._check(x)
+        flat = x.reshape(x.shape[0], -1).to(self.dtype)
+        h = torch.addmm(self.b_in, flat, self.w_in.t(), alpha=self.c_in)
+        slopes: list[Tensor] | None = [] if keep else None
+        for w1, b1, w2, b2 in self.blocks:
+            z = torch.addmm(b1, F.silu(h), w1.t())
+            if slopes is not None:
+                slopes += [_dsilu(h), _dsilu(z)]
+            h = h + torch.addmm(b2, F.silu(z), w2.t())
+        if slopes is not None:
+            slopes.append(_dsilu(h))
+        out = torch.addmm(self.bias, F.silu(h), self.w_out.t(), alpha=self.c_out)
+        out = out + self.c_skip * flat
+        if self.w_skip is not None:
+            out = torch.addmm(out, flat, self.w_skip.t(), alpha=self.skip_scale)
+        return out.reshape(x.shape).to(x.dtype), slopes
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.forward(x)[0]
+
+    def vjp(self, slopes: list[Tensor], u: Tensor) -> Tensor:
+        """v'(x)ᵀu for cotangents u (..., B, L, C) (any leading axes), same shape as u."""
+        shape = u.shape
+        b, d = slopes[-1].shape[0], shape[-1] * shape[-2]
+        uf = u.reshape(-1, d).to(self.dtype)  # (n B, d): one matrix product per layer for all
+        n = uf.shape[0] // b
+
+        def times(g: Tensor, slope: Tensor) -> Tensor:  # (n B, W) ⊙ (B, W) broadcast over n
+            return (g.view(n, b, -1) * slope).view(n * b, -1)
+
+        g = times(uf @ self.w_out, self.c_out * slopes[-1])  # w.r.t. the last hidden state
+        for k in range(len(self.blocks) - 1, -1, -1):
+            w1, _, w2, _ = self.blocks[k]
+            gz = times(g @ w2, slopes[2 * k + 1])
+            g = g + times(gz @ w1, slopes[2 * k])
+        gx = torch.addmm(uf, g, self.w_in, beta=self.c_skip, alpha=self.c_in)
+        if self.w_skip is not None:
+            gx = torch.addmm(gx, uf, self.w_skip, alpha=self.skip_scale)
+        return gx.reshape(shape).to(u.dtype)
+
+
+class ExplicitLinearization:
+    """The :class:`~ddcontrol.manifold.Linearization` interface for a frozen residual MLP:
+    ``point`` is v(x), :meth:`vjp` / :meth:`vjps` are v'(x)ᵀu by the hand-written chain rule
+    (any number of times: nothing is freed)."""
+
+    __slots__ = ("x", "output", "_frozen", "_slopes")
+
+    def __init__(self, frozen: FrozenResidualMLP, x: Tensor) -> None:
+        self.x = x.detach()
+        self._frozen = frozen
+        self.output, self._slopes = frozen.forward(self.x, keep=True)
+
+    @property
+    def point(self) -> Tensor:
+        """v(x), shape (B, *event_shape)."""
+        return self.output
+
+    def vjp(self, u: Tensor, retain_graph: bool = False) -> Tensor:
+        """v'(x)ᵀu, shape of x."""
+        if u.shape != self.output.shape:
+            raise DimensionError(f"cotangent must have shape {tuple(self.output.shape)}, "
+                                 f"got {tuple(u.shape)}")
+        return self._frozen.vjp(self._slopes, u)
+
+    def vjps(self, u: Tensor, *, vectorize: bool = True, retain_graph: bool = False) -> Tensor:
+        """v'(x)ᵀu_j for cotangents u (n, *x.shape), shape (n, *x.shape)."""
+        if u.ndim != self.output.ndim + 1 or u.shape[1:] != self.output.shape:
+            raise DimensionError(f"cotangents must have shape (n, *{tuple(self.output.shape)}), "
+                                 f"got {tuple(u.shape)}")
+        return self._frozen.vjp(self._slopes, u)

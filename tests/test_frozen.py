@@ -1,0 +1,97 @@
+"""The residual MLP at a fixed σ with hand-written VJPs equals autograd through the module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddcontrol.errors import DimensionError
+from ddcontrol.manifold import BehaviorManifold, Linearization
+from ddcontrol.score.checkpoint import build_denoiser
+from ddcontrol.score.frozen import ExplicitLinearization
+
+
+def make(linear_skip: bool = True, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    den = build_denoiser({"arch": "mlp", "window_length": 6, "input_dim": 1, "output_dim": 2,
+                          "sigma_data": 1.0,
+                          "net_kwargs": {"width": 16, "depth": 3, "emb_dim": 8,
+                                         "linear_skip": linear_skip}})
+    net = den.net
+    # Every zero-initialised layer randomised, so that each term of the chain rule is exercised.
+    for layer in [net.out] + ([net.skip, net.skip_gain] if linear_skip else []):
+        torch.nn.init.normal_(layer.weight, std=0.3)
+        torch.nn.init.normal_(layer.bias, std=0.3)
+    return den.double()
+
+
+def autograd_linearization(den: torch.nn.Module, x: torch.Tensor, sigma: float) -> Linearization:
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        return Linearization(xg, den(xg, sigma))
+
+
+@pytest.mark.parametrize("linear_skip", [True, False])
+@pytest.mark.parametrize("sigma", [0.02, 0.3, 2.0])
+def test_forward_and_vjps_equal_autograd(linear_skip: bool, sigma: float) -> None:
+    den = make(linear_skip)
+    x = torch.randn(3, 6, 3, dtype=torch.float64)
+    fast = den.linearize(x, sigma)
+    ref = autograd_linearization(den, x, sigma)
+    assert isinstance(fast, ExplicitLinearization)
+    torch.testing.assert_close(fast.point, ref.point, rtol=1e-12, atol=1e-12)
+    u = torch.randn(4, 3, 6, 3, dtype=torch.float64)
+    torch.testing.assert_close(fast.vjps(u), ref.vjps(u, retain_graph=True), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(fast.vjp(u[0]), ref.vjp(u[0]), rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # the no-grad forward at a float σ takes the same path
+        torch.testing.assert_close(den(x, sigma), ref.point, rtol=1e-12, atol=1e-12)
+
+
+def test_full_jacobian_matches_torch_func() -> None:
+    den = make()
+    x = torch.randn(1, 6, 3, dtype=torch.float64)
+    jac = torch.func.jacrev(lambda z: den(z, 0.1))(x.clone().requires_grad_(True))
+    jac = jac.reshape(18, 18)
+    eye = torch.eye(18, dtype=torch.float64).reshape(18, 1, 6, 3)
+    rows = den.linearize(x, 0.1).vjps(eye).reshape(18, 18)  # row i: e_iᵀ v'(x)
+    torch.testing.assert_close(rows, jac, rtol=1e-10, atol=1e-12)
+
+
+def test_manifold_uses_it_and_cache_follows_parameter_updates() -> None:
+    den = make()
+    manifold = BehaviorManifold(den, 0.1)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    assert isinstance(manifold.linearize(x), ExplicitLinearization)
+    # A tensor σ (per-sample noise levels) takes autograd.
+    assert isinstance(manifold.linearize(x, torch.full((2,), 0.1, dtype=torch.float64)),
+                      Linearization)
+    before = den.linearize(x, 0.1).point
+    with torch.no_grad():  # an in-place update, as an optimiser step makes
+        for p in den.parameters():
+            p.add_(0.01)
+    after = den.linearize(x, 0.1).point
+    torch.testing.assert_close(after, autograd_linearization(den, x, 0.1).point, rtol=1e-12,
+                               atol=1e-12)
+    assert not torch.allclose(before, after)
+
+
+def test_float32_model_keeps_input_dtype_and_shapes_are_checked() -> None:
+    den = make().float()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    lin = den.linearize(x, 0.1)
+    assert lin.point.dtype == torch.float64
+    assert lin.vjp(torch.ones_like(x)).dtype == torch.float64
+    with pytest.raises(DimensionError):
+        den.linearize(torch.randn(2, 5, 3), 0.1)
+    with pytest.raises(DimensionError):
+        lin.vjps(torch.ones(2, 6, 3))
+
+
+def test_unet_has_no_explicit_path() -> None:
+    den = build_denoiser({"arch": "unet", "window_length": 8, "input_dim": 1, "output_dim": 1,
+                          "sigma_data": 1.0,
+                          "net_kwargs": {"base_channels": 8, "channel_mult": (1, 2),
+                                         "emb_dim": 8}})
+    assert den.linearize(torch.randn(1, 8, 2), 0.1) is None
+    assert isinstance(BehaviorManifold(den, 0.1).linearize(torch.randn(1, 8, 2)), Linearization)

@@ -116,6 +116,10 @@ def test_warm_starts_and_the_fallback_cold_start_search_equal_single_plans(mimo,
     rated = tr.plan_batch(m["past_u"], m["past_y"], initial_point=cold.windows, iterations=7,
                           refine=False, **kw)
     assert rated.estimated_deviation.shape == (3,) and rated.ood.dtype == bool
+    quiet = tr.plan_batch(m["past_u"], m["past_y"], initial_point=cold.windows, iterations=7,
+                          refine=False, confidence=False, **kw)
+    assert quiet.estimated_deviation is None and quiet.trust is None
+    np.testing.assert_allclose(quiet.inputs, rated.inputs, atol=1e-12)
     for i, ref in enumerate(m["refs"]):
         one = m["tracker"](ref, trust=trust).plan(
             m["past_u"][i], m["past_y"][i], current_y=m["current"][i], start=m["ks"][i],

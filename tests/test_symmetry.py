@@ -205,11 +205,12 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     tracker = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                               model=Model())
     assert tracker.sigma == d.sigma and tracker.solver_name == d.solver
-    assert tracker.step_time_budget == pytest.approx(d.step_time_fraction * ref.dt)
+    # The unicycle's default is no per-step budget (quality first; see defaults.py).
+    assert d.step_time_fraction is None and tracker.step_time_budget is None
     assert isinstance(tracker.symmetry, PlanarSymmetry)
     tuned = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
-                            model=Model(), options={"sigma": 0.2, "step_time_budget": None})
-    assert tuned.sigma == 0.2 and tuned.step_time_budget is None
+                            model=Model(), options={"sigma": 0.2, "step_time_budget": 0.02})
+    assert tuned.sigma == 0.2 and tuned.step_time_budget == 0.02
 
 
 def test_planar_gain_bounds_the_linear_part_for_every_frame():
@@ -228,3 +229,25 @@ def test_planar_gain_bounds_the_linear_part_for_every_frame():
                 for i in range(5)]
         worst = max(worst, np.linalg.norm(np.concatenate(cols).T, 2))
     assert worst <= sym.gain(norm) + 1e-12 and worst > 0.9 * sym.gain(norm)
+
+
+def test_framed_cost_affine_map_equals_the_group_action():
+    """The frame map read off as x M + b equals the symmetry's own action, batched frames too."""
+    from ddcontrol.data.normalize import Normalizer
+    from ddcontrol.tracking.window_cost import FramedWindowCost
+
+    sym = PlanarSymmetry(1, 2, 3)
+    norm = Normalizer(mean=np.array([0.1, 0.5, -0.2, 0.3, 0.0]),
+                      std=np.array([0.7, 2.0, 2.0, 1.1, 0.4]), input_dim=1)
+
+    class _Cost:  # the parts of WindowCost that FramedWindowCost reads
+        mean = torch.zeros(5, dtype=torch.float64)
+        past_length, m = 2, 1
+
+    cost = FramedWindowCost(_Cost(), sym, norm)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(3, 6, 5)))
+    for g in (np.array([1.5, -2.0, 0.7]), rng.normal(size=(3, 3))):
+        cost.set_frame(g)
+        expected = norm.normalize(sym.act(torch.as_tensor(g), norm.denormalize(x)))
+        torch.testing.assert_close(cost.to_world(x), expected, rtol=1e-12, atol=1e-12)

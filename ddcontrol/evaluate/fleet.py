@@ -227,13 +227,13 @@ def _act(tracker: DenoisingTracker, active: list[_Run], problems: list[Any], ind
     if k < t:
         if active[0].prefetch is not None and k > 0:
             # The first plans again (same windows, frames and reference step), with one more
-            # measured output each.
+            # measured output each; not applied, so no confidence yet.
             try:
                 res = plan_batch(tracker, start=t, references=refs,
                                  blocks=_warmup_blocks(tracker, active),
                                  initial_point=np.stack([r.prefetch for r in active]),
                                  iterations=tracker.iterations_per_step, refine=False,
-                                 max_time=budget)
+                                 max_time=budget, confidence=False)
             except Exception as exc:  # noqa: BLE001
                 for run in active:
                     run.error = f"{type(exc).__name__}: {exc}"

@@ -44,6 +44,7 @@ from ddcontrol.solvers import Problem, SolverResult
 from ddcontrol.solvers.conditioned import ConditionedDRGD
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
+from ddcontrol.tracking.tracker import conditioned_cost
 from ddcontrol.tracking.window_cost import FramedWindowCost, WindowCost
 
 if TYPE_CHECKING:
@@ -419,23 +420,8 @@ def _cost(tracker: DenoisingTracker, refs: np.ndarray, frames: np.ndarray
 
 def _cost_fns(tracker: DenoisingTracker, cost: Any, measured: Tensor | None
               ) -> tuple[Any, Any]:
-    """Cost and gradient of the solve (``DenoisingTracker._cost_fns`` with per-row pasts)."""
-    if measured is None or tracker.conditioning == "clamp":
-        return cost, cost.egrad
-    known = ~torch.isnan(measured)
-    target = torch.nan_to_num(measured)
-    rows, lam = measured.shape[1], tracker.penalty_weight
-
-    def f(x: Tensor) -> Tensor:
-        d = (x[:, :rows] - target) * known
-        return cost(x) + lam * (d * d).sum(dim=(-1, -2))
-
-    def g(x: Tensor) -> Tensor:
-        out = cost.egrad(x)
-        out[:, :rows] += 2.0 * lam * (x[:, :rows].detach() - target) * known
-        return out
-
-    return f, g
+    """Cost and gradient of the solve, with per-row pasts."""
+    return conditioned_cost(cost, measured, tracker.conditioning, tracker.penalty_weight)
 
 
 def _refine(tracker: DenoisingTracker, x: Tensor, measured: Tensor | None) -> Tensor:
@@ -485,7 +471,7 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
                initial_point: np.ndarray | Tensor | None = None, iterations: int | None = None,
                refine: bool = True, max_time: float | None = None,
                frame: np.ndarray | None = None, num_starts: int | None = None,
-               blocks: np.ndarray | None = None) -> BatchPlanResult:
+               blocks: np.ndarray | None = None, confidence: bool = True) -> BatchPlanResult:
     """K plans of ``tracker`` in one batched solve; plan ``k`` is ``tracker.plan(past_u[k],
     past_y[k], current_y=current_y[k], start=start[k], ...)`` with reference ``references[k]``.
 
@@ -519,6 +505,9 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
         units, inputs first, the current output in the last row), NaN where not measured, at
         the same places in every problem (e.g. a receding horizon's warm-up, before T_ini
         samples exist).
+    confidence : bool
+        Measure the plans' confidence with the tracker's trust estimator (if it has one);
+        False leaves ``estimated_deviation``, ``ood`` and ``trust`` None.
 
     Returns
     -------
@@ -605,7 +594,8 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
         initial_cost = cost(x0)[best].double().cpu().numpy()
     if refine and tracker.refine_iterations:
         x = _refine(tracker, x, measured)
-    report = None if tracker.trust is None else tracker.trust(x, repredict=refine)
+    report = (None if tracker.trust is None or not confidence
+              else tracker.trust(x, repredict=refine))
     solve_time = time.perf_counter() - t0
     w = tracker.symmetry.act(frames, tracker.normalizer.denormalize(x.double().cpu().numpy()))
     fut = w[:, tracker.past_length:]

@@ -48,11 +48,38 @@ from ddcontrol.manifold import BehaviorManifold
 from ddcontrol.solvers import DLF, DRGD, AcceleratedDRGD, Problem, Solver, SolverResult
 from ddcontrol.solvers.conditioned import ConditionedDRGD
 from ddcontrol.symmetry import Identity, WindowSymmetry
-from ddcontrol.tracking.problem import FramedWindowCost, TrackingProblem, WindowCost
+from ddcontrol.tracking.problem import FramedWindowCost, TrackingProblem
 from ddcontrol.trust import ON_OOD_POLICIES, OutOfDistributionError
 
 SOLVERS = ("drgd", "nesterov", "dlf", "guided")
 CONDITIONINGS = ("pin", "clamp", "penalty")
+
+
+def conditioned_cost(cost: Any, measured: Tensor | None, conditioning: str,
+                     penalty_weight: float) -> tuple[Any, Any]:
+    """The cost a solve minimises and its gradient: ``cost`` itself (nothing measured, or
+    ``"clamp"`` conditioning, where the bounds hold the past), else plus λ‖x_past − measured‖²
+    over the measured entries of the first rows. (Under ``"pin"`` the pinned-coordinate solver
+    removes that term's direction from every step; it only enters the reported cost.)
+
+    ``measured`` is (T_ini + 1, C) for one plan or (K, T_ini + 1, C), one per row of a batch,
+    normalised, NaN where not measured."""
+    if measured is None or conditioning == "clamp":
+        return cost, cost.egrad
+    known = ~torch.isnan(measured)
+    target = torch.nan_to_num(measured)
+    rows, lam = measured.shape[-2], penalty_weight
+
+    def f(x: Tensor) -> Tensor:
+        d = (x[:, :rows] - target) * known
+        return cost(x) + lam * (d * d).sum(dim=(-1, -2))
+
+    def g(x: Tensor) -> Tensor:
+        out = cost.egrad(x)
+        out[:, :rows] += 2.0 * lam * (x[:, :rows].detach() - target) * known
+        return out
+
+    return f, g
 
 
 @dataclass
@@ -292,7 +319,10 @@ class DenoisingTracker:
         if warm.shape != (m,):
             raise DimensionError(f"warmup_input must have shape ({m},), got {warm.shape}")
         self.warmup_input = np.clip(warm, self._u_low, self._u_high)
-        self._trust_time_s = 0.0  # recent duration of a receding-horizon confidence estimate
+        # Recent time of a receding-horizon plan after its solver stops (the plan's bookkeeping,
+        # and the confidence estimate where it is not left to the background), per confidence
+        # mode: a decaying maximum that the per-step budget sets aside.
+        self._after_solve_s = {"now": 0.0, "later": 0.0, "none": 0.0}
         self._executor: ThreadPoolExecutor | None = None  # background confidence estimates
         self._pending: list[tuple[int, PlanResult, Future]] = []
         self.reset()
@@ -476,23 +506,7 @@ class DenoisingTracker:
         return lo_t, hi_t
 
     def _cost_fns(self, measured: Tensor | None) -> tuple[Any, Any]:
-        cost: WindowCost = self.cost
-        if measured is None or self.conditioning == "clamp":
-            return cost, cost.egrad
-        known = ~torch.isnan(measured)
-        target = torch.nan_to_num(measured)
-        rows, lam = measured.shape[0], self.penalty_weight
-
-        def f(x: Tensor) -> Tensor:
-            d = (x[:, :rows] - target) * known
-            return cost(x) + lam * (d * d).sum(dim=(-1, -2))
-
-        def g(x: Tensor) -> Tensor:
-            out = cost.egrad(x)
-            out[:, :rows] += 2.0 * lam * (x[:, :rows].detach() - target) * known
-            return out
-
-        return f, g
+        return conditioned_cost(self.cost, measured, self.conditioning, self.penalty_weight)
 
     def _cold_start(self, measured: Tensor | None, f: Any) -> Tensor:
         if self.candidates is None:
@@ -595,15 +609,16 @@ class DenoisingTracker:
         lo, hi = self._bounds(measured)
         problem = Problem(self.manifold, f, g, lower=lo, upper=hi)
         if max_time is not None:
-            # What is left of the budget once the confidence estimate after the solve (its
-            # recent duration) is set aside.
-            reserve = self._trust_time_s if self.trust is not None and confidence == "now" else 0.0
-            max_time = max(max_time - (time.perf_counter() - start_t) - reserve, 1e-6)
+            # What is left of the budget once what follows the solve (its recent duration)
+            # is set aside.
+            max_time = max(max_time - (time.perf_counter() - start_t)
+                           - self._after_solve_s[confidence], 1e-6)
         iterations = (self.iterations if iterations is None  # 0 is an error, never the default
                       else check_positive_int(iterations, "iterations"))
         solver = self._make_solver(iterations, measured,
                                    warm=initial_point is not None, max_time=max_time)
         result = solver.run(problem, initial_point=x0)
+        solved_t = time.perf_counter()
         with torch.no_grad():
             # The final iterate, not the lowest-cost one: early iterates can be cheaper only
             # because they do not yet satisfy the conditioning. (A diverged start already
@@ -619,11 +634,7 @@ class DenoisingTracker:
         report = None
         later = self.trust is not None and confidence == "later" and not refine
         if self.trust is not None and confidence == "now":
-            t_trust = time.perf_counter()
             report = self.trust(x, repredict=refine).item(0)
-            if not refine:  # a decaying maximum of the receding-horizon steps' trust times
-                self._trust_time_s = max(0.9 * self._trust_time_s,
-                                         time.perf_counter() - t_trust)
         solve_time = time.perf_counter() - start_t
         w = self.symmetry.act(self._frame, self.normalizer.denormalize(x[0].double().cpu().numpy()))
         fut = w[self.past_length:]
@@ -644,6 +655,9 @@ class DenoisingTracker:
                                                     thread_name_prefix="ddcontrol-trust")
             self._pending.append((start, plan,
                                   self._executor.submit(self.trust, x.clone(), repredict=False)))
+        if not refine:
+            self._after_solve_s[confidence] = max(0.9 * self._after_solve_s[confidence],
+                                                  time.perf_counter() - solved_t)
         return plan
 
     def plan_batch(self, past_u: np.ndarray | None = None, past_y: np.ndarray | None = None,

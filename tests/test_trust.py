@@ -176,6 +176,7 @@ def test_closed_loop_fallback_is_called_when_the_flag_fires_and_counted():
     actions = _run(flagged)
     planned = 10 - flagged.past_length
     assert flagged.ood_steps == planned and fb.calls == planned and fb.resets == 1
+    assert flagged.flagged_steps == list(range(flagged.past_length, 10))
     assert all(a[0] == 0.25 for a in actions[flagged.past_length:])
     assert flagged.last_plan.ood and flagged.last_plan.estimated_deviation is not None
     fb_quiet = _CountingFallback()
@@ -247,3 +248,33 @@ def test_replay_drift_rule_catches_what_the_cost_ratio_missed():
     assert not exact.drifted
     worse = replay(prob, dyn, np.zeros(1), u, y_true[0], best_window_cost=exact.true_cost / 2)
     assert worse.drifted
+
+
+def test_flagged_steps_reach_the_episode_and_the_plot(tmp_path):
+    from ddcontrol.evaluate.plots import plot_tracking
+
+    tracker = _closed_loop_tracker(1e-12, "warn")
+    with pytest.warns(RuntimeWarning, match="flagged"):
+        _run(tracker, steps=6)
+        flagged = tracker.flagged_steps
+    assert flagged == list(range(tracker.past_length, 6)) and tracker.ood_steps == len(flagged)
+    t = np.arange(6) * 0.1
+    y = np.linspace(0, 1, 6)[:, None]
+    import matplotlib.pyplot as plt
+
+    calls = []
+    original = plt.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        calls.append((args, kwargs))
+        return original(self, *args, **kwargs)
+
+    plt.Axes.plot = spy
+    try:
+        plot_tracking(t, y, {"denoising": y}, tmp_path / "o.png", ["y"],
+                      markers={"denoising": flagged})
+    finally:
+        plt.Axes.plot = original
+    crosses = [a for a, k in calls if len(a) > 2 and a[2] == "x"]
+    assert len(crosses) == 1 and list(crosses[0][0]) == list(t[flagged])
+    assert (tmp_path / "o.png").stat().st_size > 1000

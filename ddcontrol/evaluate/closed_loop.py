@@ -61,6 +61,8 @@ class Episode:
     ood_steps : int or None
         Steps the controller flagged as out of its data's distribution (a DenoisingTracker's
         ``ood_steps``); None for controllers that do not measure it.
+    flagged_steps : list of int or None
+        Which steps those were (sample indices; marked in the comparison's output plot).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Episode:
     ended: str | None = None
     state_source: str = "info"
     ood_steps: int | None = None
+    flagged_steps: list[int] | None = None
 
     @property
     def failed(self) -> bool:
@@ -193,7 +196,8 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
                    np.array(ys).reshape(-1, p), np.array(us).reshape(-1, m),
                    np.array(req).reshape(-1, m), np.array(xs), np.array(times), error,
                    ended=ended, state_source=access.source,
-                   ood_steps=getattr(controller, "ood_steps", None))
+                   ood_steps=getattr(controller, "ood_steps", None),
+                   flagged_steps=getattr(controller, "flagged_steps", None))
 
 
 def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: Any = None,

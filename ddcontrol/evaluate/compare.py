@@ -254,7 +254,9 @@ def write_comparison(result: ComparisonResult, out: str | Path, *, seed_index: i
                                  out / "outputs.png", names_y,
                                  title=f"{result.env_id}: '{ref.name}' reference, seed "
                                        f"{result.seeds[seed_index]}",
-                                 shade_until=result.score_from * ref.dt or None),
+                                 shade_until=result.score_from * ref.dt or None,
+                                 markers={n: e.flagged_steps for n, e in ok.items()
+                                          if e.flagged_steps}),
         "inputs": plot_series({n: e.inputs for n, e in ok.items()}, out / "inputs.png",
                               "step", "applied input", title="inputs"),
         "solve_times": plot_series({n: 1e3 * e.solve_times for n, e in ok.items()},
@@ -265,7 +267,8 @@ def write_comparison(result: ComparisonResult, out: str | Path, *, seed_index: i
     (out / "table.md").write_text(table + "\n")
     payload = {**result.to_dict(), **(extra or {}),
                "episodes": {n: [{"outputs": e.outputs.tolist(), "inputs": e.inputs.tolist(),
-                                 "solve_times_s": e.solve_times.tolist(), "error": e.error}
+                                 "solve_times_s": e.solve_times.tolist(), "error": e.error,
+                                 "flagged_steps": e.flagged_steps}
                                 for e in eps] for n, eps in result.episodes.items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=_jsonable))
     paths["table"] = out / "table.md"

@@ -58,6 +58,7 @@ class _Run:
     prefetch: np.ndarray | None = None  # the first plan's window while the past fills up
     good: tuple[int, np.ndarray] | None = None  # (step, inputs) of the last unflagged plan
     ood_steps: int = 0
+    flagged: list[int] = field(default_factory=list)
     error: str | None = None
     ended: str | None = None
 
@@ -178,7 +179,8 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
         ep = Episode(tracker.name, np.array(run.ys).reshape(-1, p),
                      np.array(run.us).reshape(-1, m), np.array(run.req).reshape(-1, m),
                      np.array(run.xs), np.array(run.times), run.error, ended=run.ended,
-                     state_source=run.access.source, ood_steps=run.ood_steps)
+                     state_source=run.access.source, ood_steps=run.ood_steps,
+                     flagged_steps=list(run.flagged))
         ep.metrics = episode_metrics(ep, ref, tracker.problem.Q_matrix,
                                      tracker.problem.R_matrix, input_low=run.spec.input_low,
                                      input_high=run.spec.input_high, score_from=score_from)
@@ -299,6 +301,7 @@ def _on_ood(tracker: DenoisingTracker, run: _Run, res: Any, i: int, k: int, u: n
     """The input of a flagged step under the tracker's ``on_ood`` policy (None: "raise", which
     ends the episode with an error)."""
     run.ood_steps += 1
+    run.flagged.append(k)
     msg = (f"step {k}: plan flagged out of the data's distribution (estimated deviation "
            f"{res.estimated_deviation[i]:.3g} > {res.trust[i]['threshold']:.3g})")
     if tracker.on_ood == "raise":

@@ -55,7 +55,8 @@ def plot_dataset(dataset: TrajectoryDataset, path: str | Path, num_trajectories:
 
 def plot_tracking(t: np.ndarray, reference: np.ndarray, outputs: Mapping[str, np.ndarray],
                   path: str | Path, channel_names: Sequence[str] | None = None,
-                  title: str = "", shade_until: float | None = None) -> Path:
+                  title: str = "", shade_until: float | None = None,
+                  markers: Mapping[str, Sequence[int]] | None = None) -> Path:
     """Tracked outputs of several runs against the reference.
 
     Parameters
@@ -68,6 +69,9 @@ def plot_tracking(t: np.ndarray, reference: np.ndarray, outputs: Mapping[str, np
         Each run's tracked outputs (T' ≤ T allowed, e.g. a failed run).
     shade_until : float, optional
         Grey out ``t < shade_until`` (s): the warm-up that is not scored.
+    markers : mapping name -> sample indices, optional
+        Samples of a run to mark on its curve (red crosses): the steps a controller flagged as
+        out of its data's distribution.
     """
     q = reference.shape[1]
     fig, axes = _figure(q)
@@ -79,6 +83,10 @@ def plot_tracking(t: np.ndarray, reference: np.ndarray, outputs: Mapping[str, np
         for name, y in outputs.items():
             y = np.asarray(y)
             ax.plot(t[: len(y)], y[:, c], lw=1.2, label=name)
+            idx = [k for k in (markers or {}).get(name) or () if 0 <= k < len(y)]
+            if idx:
+                ax.plot(t[idx], y[idx, c], "x", color="red", ms=4, mew=1.0,
+                        label=f"{name}: flagged step" if c == 0 else None)
         ax.set_ylabel(channel_names[c] if channel_names else f"y{c}")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=3, loc="best")

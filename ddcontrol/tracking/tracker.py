@@ -688,7 +688,7 @@ class DenoisingTracker:
         self.reset_time_s = 0.0
         self.step_index = 0
         self._pending.clear()  # a previous episode's estimates are not this one's
-        self._ood_steps = 0  # flagged steps of this episode (see on_ood)
+        self._flagged: list[int] = []  # steps of this episode whose plan was flagged
         self._good: tuple[int, np.ndarray] | None = None  # (step, inputs) of the last good plan
         if observation is not None and self.candidates is not None:
             self._cold_start_at_reset(observation)
@@ -767,9 +767,14 @@ class DenoisingTracker:
 
     @property
     def ood_steps(self) -> int:
-        """Steps of this episode whose plan was flagged (every estimate finished first)."""
+        """How many steps of this episode had a flagged plan (every estimate finished first)."""
+        return len(self.flagged_steps)
+
+    @property
+    def flagged_steps(self) -> list[int]:
+        """The steps (sample indices) of this episode whose plan was flagged."""
         self._collect_trust(wait=True)
-        return self._ood_steps
+        return list(self._flagged)
 
     def _collect_trust(self, wait: bool = False) -> None:
         """Attach the background confidence estimates that have finished (all with ``wait``)
@@ -786,7 +791,7 @@ class DenoisingTracker:
     def _on_ood(self, plan: PlanResult, k: int, observation: np.ndarray, info: dict | None,
                 u: np.ndarray) -> np.ndarray:
         """The input to apply at flagged step ``k`` under the ``on_ood`` policy."""
-        self._ood_steps += 1
+        self._flagged.append(k)
         msg = (f"step {k}: plan flagged out of the data's distribution (estimated deviation "
                f"{plan.estimated_deviation:.3g} > {plan.trust['threshold']:.3g})")
         if self.on_ood == "raise":
@@ -797,7 +802,7 @@ class DenoisingTracker:
             if self._good is not None and k - self._good[0] < len(self._good[1]):
                 return self._good[1][k - self._good[0]].copy()
             return self.warmup_input.copy()
-        if self._ood_steps == 1:  # once per episode; ood_steps counts the rest
+        if len(self._flagged) == 1:  # once per episode; ood_steps counts the rest
             warnings.warn(msg + "; later flagged steps are counted in ood_steps",
                           RuntimeWarning, stacklevel=3)
         return u

@@ -9,10 +9,14 @@ system's defaults (:mod:`ddcontrol.tracking.defaults`) and no tuning flag.
 Writes ``benchmarks/results/closed_loop_suite.json`` (``rows``: one per system x reference x
 seed x controller, with ``system, reference, seed, controller, cost_ratio`` (to the oracle),
 ``rms_error, total_cost, solve_p50_ms, solve_p95_ms, solve_max_ms, dt_ms, bound_violations,
-failed, error``; ``summary``: median and worst cost ratio per system and controller, and the
-denoising tracker's median ratio to DeePC's), ``closed_loop_suite.md`` and, per run, the plots in
-``benchmarks/results/suite/<system>-<reference>-s<seed>/`` (x-y paths of every controller for
-the unicycle). Results are written after every run, so an interrupted suite keeps what it did.
+failed, error``; a failed run's cost and RMS error are null; ``summary``: per system and
+controller the runs, failed runs and the first failure's reason, median and worst cost ratio
+(over the runs that have one), median RMS error, median and worst solve p95, bound violations,
+and the median ratio to DeePC's cost), ``closed_loop_suite.md`` (the summary table, one line per
+system and controller, a controller that failed as ``FAILED k/n: reason``, then every run) and,
+per run, the plots in ``benchmarks/results/suite/<system>-<reference>-s<seed>/`` (x-y paths of
+every controller for the unicycle). Results are written after every run, so an interrupted suite
+keeps what it did.
 
 Run (the recorded results: one process per seed and controller, on a machine shared with other
 jobs, so without per-step time budgets; then merged)::
@@ -22,11 +26,54 @@ jobs, so without per-step time budgets; then merged)::
     python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 1 2 \
         --controllers oracle --results suite_oracle
     python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 1 2 \
-        --controllers deepc,oracle          # stopped after 6 of 9 runs (1-4 s per DeePC step)
+        --controllers deepc,oracle          # stopped after 6 of 9 runs (1-4 s per DeePC step);
+        # these 6 DeePC rows live only in closed_loop_suite.json (a merge keeps its other rows)
     python benchmarks/bench_closed_loop_suite.py --systems pendulum --seeds 0 --train-steps 8000 \
         --controllers denoising --iteration-limited --results suite_pendulum_denoising
     # (and oracle, deepc; seeds 1, 2 into suite_pendulum_<controller>_s<seed>)
-    python benchmarks/bench_closed_loop_suite.py --merge suite_oracle suite_denoising_s0 ...
+
+The baselines (one process at a time, ``nice -n 19``, ``--threads 1``, 200 steps; the oracle's
+rows of the pendulum and the unicycle are those above)::
+
+    python benchmarks/bench_closed_loop_suite.py --threads 1 --steps 200 --systems msd \
+        --seeds 0 1 2 --controllers oracle,lqr,lqr-id,best-window,koopman,deepc,deepc-tuned,sindy \
+        --results suite_baselines_msd                     # coupled alike: suite_baselines_coupled
+    python benchmarks/bench_closed_loop_suite.py --threads 1 --steps 200 --systems pendulum \
+        --seeds 0 1 2 --controllers lqr,lqr-id,best-window,koopman,deepc-tuned,sindy \
+        --results suite_baselines_pendulum
+    python benchmarks/bench_closed_loop_suite.py --threads 1 --steps 200 --systems unicycle \
+        --seeds 0 1 2 --controllers lqr,lqr-id,best-window,koopman,sindy \
+        --results suite_baselines_unicycle
+    python benchmarks/bench_closed_loop_suite.py --threads 1 --steps 200 --systems unicycle \
+        --seeds 2 --controllers deepc --results suite_unicycle_deepc_s2    # the 3 missing runs
+    python benchmarks/bench_closed_loop_suite.py --threads 1 --steps 200 --systems unicycle \
+        --seeds 0 --controllers deepc-tuned --results suite_unicycle_deepc-tuned_s0
+    python benchmarks/bench_closed_loop_suite.py --threads 1 --steps 200 --systems unicycle \
+        --seeds 1 2 --controllers deepc-tuned --results suite_unicycle_deepc-tuned_s1_s2
+
+DeePC on the unicycle is slow (0.5-15 s per step): once the heading output winds far outside the
+data, OSQP needs thousands of ADMM iterations per QP, up to its 20,000 limit, before the Clarabel
+fallback solves it. Not run: the oracle's cross-check backends ``oracle-casadi`` /
+``oracle-shooting`` (the ``oracle`` row is the CasADi NMPC on the nonlinear systems, the exact
+QP on the linear ones). ``lqr`` on the unicycle is a FAILED row: not applicable (its
+linearisation is not stabilisable). Then, merged::
+
+    python benchmarks/bench_closed_loop_suite.py --merge suite_oracle suite_denoising_s0 \
+        suite_denoising_s1 suite_denoising_s2 suite_pendulum_denoising suite_pendulum_oracle \
+        suite_pendulum_deepc suite_pendulum_denoising_s1 suite_pendulum_oracle_s1 \
+        suite_pendulum_deepc_s1 suite_pendulum_denoising_s2 suite_pendulum_oracle_s2 \
+        suite_pendulum_deepc_s2 suite_baselines_msd suite_baselines_coupled \
+        suite_baselines_pendulum suite_baselines_unicycle suite_unicycle_deepc_s2 \
+        suite_unicycle_deepc-tuned_s0 suite_unicycle_deepc-tuned_s1_s2 \
+        suite_denoising_v2_pendulum suite_denoising_v2_unicycle suite_denoising_v2_msd \
+        suite_denoising_v2_coupled
+
+The denoising rows of the merged table are the ``suite_denoising_v2_<system>`` runs (session 4
+code: cold start in ``reset``, explicit VJPs; every default, i.e. a per-step budget of 0.45 dt on
+the mass-spring-damper, coupled masses and double pendulum and none on the unicycle), made with
+``--systems <system> --seeds 0 1 2 --train-steps 8000`` (4000 for msd, coupled)
+``--controllers denoising --results suite_denoising_v2_<system>``; they replace the older
+iteration-limited ``suite_denoising_*`` rows (last file named wins).
 
 With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
 budget_check_unicycle``. Ablation without the symmetry: ``--symmetry none --results
@@ -125,7 +172,13 @@ def _plot_paths(reference: Any, outputs: dict[str, np.ndarray], path: Path) -> N
         if len(y):
             xy = reference.select(np.asarray(y))
             ax.plot(xy[:, 0], xy[:, 1], lw=1.4, label=name)
-    ax.set_aspect("equal", adjustable="datalim")
+    # Frame the reference (with a margin): a path that diverges (Koopman MPC on some runs goes
+    # hundreds of metres away) leaves the frame instead of shrinking every other path to a dot.
+    lo, hi = reference.values[:, :2].min(axis=0), reference.values[:, :2].max(axis=0)
+    pad = np.maximum(0.5 * (hi - lo).max(), 1.0)
+    ax.set_xlim(lo[0] - pad, hi[0] + pad)
+    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel("x [m]")
     ax.set_ylabel("y [m]")
     ax.set_title(path.parent.name, fontsize=9)
@@ -208,26 +261,60 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and worst cost ratio per system and controller."""
+    """Per system and controller: runs, failed runs (with the first reason), median and worst cost
+    ratio to the oracle over the runs that have one, median RMS error, median and worst solve p95
+    and the bound violations. A controller that failed every run is listed too (no ratios)."""
     _ratios(rows)
     out: dict[str, Any] = {}
     for system in sorted({r["system"] for r in rows}):
-        sys_rows = [r for r in rows if r["system"] == system and not r["failed"]]
         out[system] = {}
-        for ctrl in sorted({r["controller"] for r in sys_rows}):
-            ratios = np.array([r["cost_ratio"] for r in sys_rows if r["controller"] == ctrl
-                               and r["cost_ratio"] is not None], dtype=float)
-            p95 = [r["solve_p95_ms"] for r in sys_rows if r["controller"] == ctrl
-                   and r["solve_p95_ms"] is not None]
-            vs = [r["cost_ratio_deepc"] for r in sys_rows if r["controller"] == ctrl
-                  and r["cost_ratio_deepc"] is not None]
+        for ctrl in sorted({r["controller"] for r in rows if r["system"] == system}):
+            mine = [r for r in rows if r["system"] == system and r["controller"] == ctrl]
+            ok = [r for r in mine if not r["failed"]]
+            failed = [r for r in mine if r["failed"]]
+            ratios = np.array([r["cost_ratio"] for r in ok if r["cost_ratio"] is not None],
+                              dtype=float)
+            p95 = [r["solve_p95_ms"] for r in ok if r["solve_p95_ms"] is not None]
+            rms = [r["rms_error"] for r in ok if r["rms_error"] is not None]
+            vs = [r["cost_ratio_deepc"] for r in ok if r["cost_ratio_deepc"] is not None]
             out[system][ctrl] = {
-                "runs": int(ratios.size),
+                "runs": len(mine), "failed_runs": len(failed),
+                "failure": str(failed[0]["error"]) if failed else None,
+                "scored_runs": int(ratios.size),
                 "median_cost_ratio": float(np.median(ratios)) if ratios.size else None,
                 "worst_cost_ratio": float(ratios.max()) if ratios.size else None,
                 "median_ratio_to_deepc": float(np.median(vs)) if vs else None,
-                "worst_solve_p95_ms": float(max(p95)) if p95 else None}
+                "median_rms_error": float(np.median(rms)) if rms else None,
+                "median_solve_p95_ms": float(np.median(p95)) if p95 else None,
+                "worst_solve_p95_ms": float(max(p95)) if p95 else None,
+                "bound_violations": int(sum(r["bound_violations"] or 0 for r in ok)),
+                "dt_ms": mine[0]["dt_ms"]}
     return out
+
+
+def _finite(v: Any) -> Any:
+    """JSON has no inf / NaN (a failed run's cost is inf): write None instead."""
+    return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+
+def summary_markdown(summary: dict[str, Any]) -> list[str]:
+    """The summary as a Markdown table: one line per system and controller."""
+    lines = ["| system | controller | runs | cost / oracle (median) | cost / oracle (worst) | "
+             "RMS error (median) | solve p95 [ms] (median) | solve p95 [ms] (worst) | dt [ms] | "
+             "bound viol. | status |", "|" + "---|" * 11]
+    for system, ctrls in summary.items():
+        for ctrl, s in ctrls.items():
+            status = "ok" if not s["failed_runs"] else (
+                f"FAILED {s['failed_runs']}/{s['runs']}: {str(s['failure'])[:80]}")
+            lines.append(f"| {system} | {ctrl} | {s['runs']} | {_fmt(s['median_cost_ratio'])} | "
+                         f"{_fmt(s['worst_cost_ratio'])} | {_fmt(s['median_rms_error'])} | "
+                         f"{_fmt(s['median_solve_p95_ms'])} | {_fmt(s['worst_solve_p95_ms'])} | "
+                         f"{_fmt(s['dt_ms'])} | {s['bound_violations']} | {status} |")
+    return lines
 
 
 def _key(r: dict[str, Any]) -> tuple:
@@ -239,20 +326,23 @@ def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> 
     mine = {_key(r) for r in rows}
     disk = json.loads(path.read_text()).get("rows", []) if path.exists() else []
     rows = sorted(rows + [r for r in disk if _key(r) not in mine], key=_key)
+    rows = [{k: _finite(v) for k, v in r.items()} for r in rows]
+    summary = summarise(rows)
     doc = {"command": "python benchmarks/bench_closed_loop_suite.py " + " ".join(sys.argv[1:]),
            "threads": torch.get_num_threads(), "train_steps": args.train_steps,
            "steps": args.steps, "iteration_limited": args.iteration_limited,
-           "summary": summarise(rows), "rows": rows}
+           "summary": summary, "rows": rows}
     atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1, default=str).encode()))
-    lines = ["| system | reference | seed | controller | cost / oracle | cost / DeePC | RMS error "
-             "| solve p95 [ms] | dt [ms] | status |", "|" + "---|" * 10]
+    lines = ["Summary (per system and controller; cost ratios over the runs that have one):", "",
+             *summary_markdown(summary), "", "Runs:", "",
+             "| system | reference | seed | controller | cost / oracle | cost / DeePC | RMS error "
+             "| solve p95 [ms] | dt [ms] | bound viol. | status |", "|" + "---|" * 11]
     for r in rows:
-        def f(v: Any) -> str:
-            return "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
         status = "ok" if not r["failed"] else f"FAILED: {str(r['error'])[:60]}"
         lines.append(f"| {r['system']} | {r['reference']} | {r['seed']} | {r['controller']} | "
-                     f"{f(r['cost_ratio'])} | {f(r['cost_ratio_deepc'])} | {f(r['rms_error'])} | "
-                     f"{f(r['solve_p95_ms'])} | {f(r['dt_ms'])} | {status} |")
+                     f"{_fmt(r['cost_ratio'])} | {_fmt(r['cost_ratio_deepc'])} | "
+                     f"{_fmt(r['rms_error'])} | {_fmt(r['solve_p95_ms'])} | {_fmt(r['dt_ms'])} | "
+                     f"{r['bound_violations']} | {status} |")
     atomic_write(path.with_suffix(".md"), lambda fh: fh.write(("\n".join(lines) + "\n").encode()))
     return doc
 
@@ -261,9 +351,11 @@ def merge(names: list[str]) -> dict[str, Any]:
     """Fold the rows of ``results/<name>.json`` (controllers run separately, e.g. one process per
     seed) into ``closed_loop_suite.json`` and draw every controller's path per run (unicycle)
     from their episodes in ``results/suite/<name>/<run>/results.json``."""
-    rows: list[dict[str, Any]] = []
-    for name in names:
-        rows += json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+    by_key: dict[tuple, dict[str, Any]] = {}
+    for name in names:  # a run in several files: the last file named wins
+        for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"]:
+            by_key[_key(r)] = r
+    rows = list(by_key.values())
     path = RESULTS / "closed_loop_suite.json"
     args = argparse.Namespace(train_steps=None, steps=None, iteration_limited=None)
     doc = _write(path, rows, args)

@@ -36,7 +36,8 @@ class SystemDefaults:
         Per-step time budget of the tracker's ``act()`` as a fraction of the sampling time
         (None: no budget, every warm step runs ``iterations_per_step``).
     reference : str
-        A reference the system can follow (used by the demo).
+        The system's usual reference family (a label for users and scripts; the demo's own
+        reference and start are in :data:`ddcontrol.cli.demo.PRESETS`).
     excitation : str, excitation_params : dict
         Data design for training data.
     """

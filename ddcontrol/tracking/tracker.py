@@ -338,14 +338,19 @@ class DenoisingTracker:
             block[i, self.m:] = y
         return block
 
+    def _observation(self, observation: np.ndarray) -> np.ndarray:
+        """A measured output y_k (p,), checked."""
+        y = as_finite_array(observation, "observation", ndim=1)
+        if y.shape != (self.p,):
+            raise DimensionError(f"observation must have shape ({self.p},), got {y.shape}")
+        return y
+
     def _cold_start_at_reset(self, observation: np.ndarray) -> None:
         """The episode's cold-start solve, run by :meth:`reset` with the first measurement so
         that no control step pays for it: the first plan (reference step T_ini), conditioned on
         y_0 and the warm-up inputs, with the full ``iterations``. The warm-up steps refine it
         as their outputs arrive and the first planned step continues from it."""
-        y = as_finite_array(observation, "observation", ndim=1)
-        if y.shape != (self.p,):
-            raise DimensionError(f"observation must have shape ({self.p},), got {y.shape}")
+        y = self._observation(observation)
         t0 = time.perf_counter()
         self._prefetch = self._plan(self._warmup_block([y]), start=self.past_length,
                                     initial_point=None, iterations=None, refine=False,
@@ -417,13 +422,7 @@ class DenoisingTracker:
         if spec != "dlf" and (measured is None or self.conditioning == "pin"):
             # With nothing measured the pinned set is empty: this is DRGD with active input
             # bounds masked out of the step and a trust region, which a learned denoiser needs.
-            mask = torch.zeros(self.window_length, self.m + self.p, dtype=torch.bool,
-                               device=self.device)
-            values = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-            if measured is not None:
-                known = ~torch.isnan(measured)
-                mask[: measured.shape[0]] = known
-                values[: measured.shape[0]] = torch.nan_to_num(measured)
+            mask, values = self._pinned(measured)
             momentum = 0.0 if spec == "drgd" else 0.9
             return ConditionedDRGD(mask, values, step_size=self.step_size, momentum=momentum,
                                    damping=self.damping, max_step=self.max_step,
@@ -443,21 +442,21 @@ class DenoisingTracker:
 
         pinned: dict[str, Any] = {}
         if measured is not None:
-            mask = torch.zeros(self.window_length, self.m + self.p, dtype=torch.bool,
-                               device=self.device)
-            values = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-            known = ~torch.isnan(measured)
-            mask[: measured.shape[0]] = known
-            values[: measured.shape[0]] = torch.nan_to_num(measured)
-            pinned = {"mask": mask, "values": values}
+            pinned = dict(zip(("mask", "values"), self._pinned(measured), strict=True))
         common = {k: v for k, v in common.items() if k not in ("sigma_start", "anneal_iterations")}
         return GuidedDiffusion(self.step_size, sigma_max=0.2 if warm else 0.5,
                                damping=self.damping, seed=0, **pinned, **common)
 
-    def _normalised_past(self, past_u: np.ndarray | None, past_y: np.ndarray | None,
-                         current_y: np.ndarray | None) -> Tensor | None:
-        """Measured past as a normalised (T_ini + 1, C) block; NaN where not measured."""
-        return self._normalise_block(self._measured_block(past_u, past_y, current_y))
+    def _pinned(self, measured: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The window's measured coordinates (bool mask, shape (L, C)) and their normalised
+        values (zeros elsewhere); nothing pinned without a measured block."""
+        mask = torch.zeros(self.window_length, self.m + self.p, dtype=torch.bool,
+                           device=self.device)
+        values = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+        if measured is not None:
+            mask[: measured.shape[0]] = ~torch.isnan(measured)
+            values[: measured.shape[0]] = torch.nan_to_num(measured)
+        return mask, values
 
     def _measured_block(self, past_u: np.ndarray | None, past_y: np.ndarray | None,
                         current_y: np.ndarray | None) -> np.ndarray | None:
@@ -705,9 +704,7 @@ class DenoisingTracker:
         """
         start_t = time.perf_counter()
         self._collect_trust()
-        y = as_finite_array(observation, "observation", ndim=1)
-        if y.shape != (self.p,):
-            raise DimensionError(f"observation must have shape ({self.p},), got {y.shape}")
+        y = self._observation(observation)
         self._y_hist.append(y)
         k, t = self.step_index, self.past_length
         self.step_index += 1

@@ -58,8 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="σ of the projection (normalised; default: the system's)")
     p.add_argument("--sigma-start", type=positive_float, default=None,
                    help="anneal σ from this to --sigma over the first half of a plan")
-    p.add_argument("--jacobian-every", type=positive_int, default=1,
-                   help="closed loop: refresh the pinned Jacobian rows every this many iterations")
+    p.add_argument("--jacobian-every", type=positive_int, default=None,
+                   help="closed loop: refresh the pinned Jacobian rows every this many "
+                        "iterations (default: the system's; 1 where it has none)")
     p.add_argument("--step-time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="closed loop: stop each step's solve after this many seconds "
                         "(default: the system's fraction of the sampling time, 0.8)")
@@ -127,9 +128,10 @@ def run(args: argparse.Namespace) -> int:
         # One problem: the tracker and the comparison (scored from T_ini on) share it.
         problem = TrackingProblem.for_env(env_id, ref, horizon, Q=args.Q, R=args.R, t_ini=t_ini)
         loop = {k: v for k, v in (("iterations_per_step", args.iterations_per_step),
-                                  ("step_time_budget", args.step_time_budget)) if v is not None}
+                                  ("step_time_budget", args.step_time_budget),
+                                  ("jacobian_every", args.jacobian_every)) if v is not None}
         result = compare(problem, {"denoising": lambda: make_tracker(
-            model, data, problem, jacobian_every=args.jacobian_every, **loop, **options)},
+            model, data, problem, **loop, **options)},
             seeds=[args.seed])
         ep = result.episodes["denoising"][0]
         summary = {**result.row("denoising"), "env_id": env_id, "t_ini": t_ini,

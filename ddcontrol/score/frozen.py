@@ -30,10 +30,12 @@ from ddcontrol.errors import DimensionError
 __all__ = ["FrozenResidualMLP", "ExplicitLinearization"]
 
 
-def _dsilu(h: Tensor) -> Tensor:
-    """silu'(h) = s(h) (1 + h (1 − s(h))), s the logistic function."""
+def _silu_and_slope(h: Tensor) -> tuple[Tensor, Tensor]:
+    """silu(h) = h s(h) and silu'(h) = s(h) (1 + h (1 − s(h))), s the logistic function
+    (evaluated once for both)."""
     s = torch.sigmoid(h)
-    return s * (1.0 + h * (1.0 - s))
+    hs = h * s
+    return hs, s + hs * (1.0 - s)
 
 
 class FrozenResidualMLP:
@@ -84,19 +86,29 @@ class FrozenResidualMLP:
         self._check(x)
         flat = x.reshape(x.shape[0], -1).to(self.dtype)
         h = torch.addmm(self.b_in, flat, self.w_in.t(), alpha=self.c_in)
-        slopes: list[Tensor] | None = [] if keep else None
+        if not keep:
+            for w1, b1, w2, b2 in self.blocks:
+                z = torch.addmm(b1, F.silu(h), w1.t())
+                h = h + torch.addmm(b2, F.silu(z), w2.t())
+            return self._out(F.silu(h), flat, x), None
+        slopes: list[Tensor] = []
         for w1, b1, w2, b2 in self.blocks:
-            z = torch.addmm(b1, F.silu(h), w1.t())
-            if slopes is not None:
-                slopes += [_dsilu(h), _dsilu(z)]
-            h = h + torch.addmm(b2, F.silu(z), w2.t())
-        if slopes is not None:
-            slopes.append(_dsilu(h))
-        out = torch.addmm(self.bias, F.silu(h), self.w_out.t(), alpha=self.c_out)
+            a, da = _silu_and_slope(h)
+            z = torch.addmm(b1, a, w1.t())
+            a, dz = _silu_and_slope(z)
+            slopes += [da, dz]
+            h = h + torch.addmm(b2, a, w2.t())
+        a, da = _silu_and_slope(h)
+        slopes.append(da)
+        return self._out(a, flat, x), slopes
+
+    def _out(self, a: Tensor, flat: Tensor, x: Tensor) -> Tensor:
+        """The output layer and the skips, from the last activation ``a`` (B, W)."""
+        out = torch.addmm(self.bias, a, self.w_out.t(), alpha=self.c_out)
         out = out + self.c_skip * flat
         if self.w_skip is not None:
             out = torch.addmm(out, flat, self.w_skip.t(), alpha=self.skip_scale)
-        return out.reshape(x.shape).to(x.dtype), slopes
+        return out.reshape(x.shape).to(x.dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.forward(x)[0]

@@ -15,10 +15,14 @@ and one unit vector per pinned coordinate; ``k + 2`` with momentum) go through o
 vectorised over them (``torch.func.vmap``), so nothing of the network but its backward is
 repeated per pinned coordinate. A denoiser whose operations cannot be vectorised gets a loop of
 backward passes over the same graph instead (detected at the first iteration; same numbers).
-With ``jacobian_every = J > 1`` the k pinned rows (and the small k × k solve) are refreshed every
-J iterations only and reused in between (a chord method): the other iterations cost one forward
-and one backward with 1 (2 with momentum) cotangents. Warm-started receding-horizon solves, whose
-point moves little between iterations, use this to stay within a sampling period. An iteration
+With ``jacobian_every = J > 1`` the k pinned rows, and with them the damped pseudo-inverse of the
+k × k block G = E Rᵀ, are computed every J iterations only (a chord method). In between, only
+that small inverse is reused: the directions stay exact, because Rᵀλ = v'(y)ᵀ(Eᵀλ) is one more
+VJP with the cotangent Eᵀλ. Such an iteration costs one forward and two small backward passes
+(∇f, momentum and the pull's Eᵀμ; then the two Eᵀλ) instead of one backward over k + 2
+cotangents, whose matrix products dominate once k is a few dozen (about 40 for the unicycle's
+measured past). Warm-started receding-horizon solves, whose G changes little between iterations,
+use this to stay within a sampling period. An iteration
 synchronises with the device only at the base class's checks (every ``check_every`` iterations).
 """
 
@@ -59,8 +63,9 @@ class ConditionedDRGD(Solver):
     max_step : float, optional
         Trust radius: the norm of one iteration's move (units of x) is capped at this.
     jacobian_every : int
-        Recompute the pinned coordinates' Jacobian rows every this many iterations (1: every
-        iteration, exact); in between the last ones are reused.
+        Recompute the pinned coordinates' Jacobian rows (and the inverse of their k × k block)
+        every this many iterations (1: every iteration); in between the last inverse is reused
+        with exact directions (module docstring).
     **criteria
         Stopping criteria of :class:`~ddcontrol.solvers.base.Solver`.
     """
@@ -104,9 +109,14 @@ class ConditionedDRGD(Solver):
         cot[slots, :, index] = 1.0
         eye = torch.eye(n_pin, dtype=x0.dtype, device=x0.device)
         self._refresh = True  # the first evaluation of a run always computes the rows
+        # Chord iterations: Eᵀμ rides with ∇f (and the momentum); the Eᵀλ go in a second pass.
+        chord = (torch.zeros(lead + 1, b, d, dtype=x0.dtype, device=x0.device)
+                 if self.jacobian_every > 1 and n_pin else None)
+        back = (torch.zeros(lead, b, d, dtype=x0.dtype, device=x0.device)
+                if chord is not None else None)
         return {"y": x0, "m": torch.zeros_like(x0), "target": target, "index": index,
                 "cot": cot.reshape(lead + n_pin, *x0.shape), "eye": eye, "rows": None,
-                "pinv": None, "vectorize": None}
+                "pinv": None, "vectorize": None, "chord": chord, "back": back}
 
     def _evaluate(self, ctx: _Context, y: Tensor, sigma: float, check: bool = False
                   ) -> Evaluation:
@@ -118,10 +128,11 @@ class ConditionedDRGD(Solver):
         return Evaluation(lin.x.detach(), p, f, g, lin)
 
     @staticmethod
-    def _vjps(lin: Linearization, cot: Tensor, state: dict[str, Any]) -> Tensor:
+    def _vjps(lin: Linearization, cot: Tensor, state: dict[str, Any], retain: bool = False
+              ) -> Tensor:
         """v'(y)ᵀ of every cotangent in ``cot`` (n, B, ...): one vectorised backward if the
         denoiser supports it (tried at the first iteration, keeping the graph for a fallback),
-        else a loop of backward passes."""
+        else a loop of backward passes. ``retain`` keeps the graph for another call."""
         if state["vectorize"] is None:
             try:
                 out = lin.vjps(cot, vectorize=True, retain_graph=True)
@@ -130,7 +141,28 @@ class ConditionedDRGD(Solver):
             else:
                 state["vectorize"] = True
                 return out
-        return lin.vjps(cot, vectorize=state["vectorize"])
+        return lin.vjps(cot, vectorize=state["vectorize"], retain_graph=retain)
+
+    def _chord(self, ev: Evaluation, state: dict[str, Any], err: Tensor, lead: int
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """Tangent direction, momentum and pull with the last k × k inverse and exact rows:
+        Rᵀc = v'(y)ᵀ(Eᵀc) (module docstring). Returns (t_c, the transported momentum or t_c,
+        the pull Rᵀμ), each (B, d)."""
+        idx, pinv = state["index"], state["pinv"]
+        cot, back = state["chord"], state["back"]
+        b = err.shape[0]
+        cot[0].view(b, -1).copy_(ev.egrad.reshape(b, -1))
+        if lead == 2:
+            cot[1].view(b, -1).copy_(state["m"].reshape(b, -1))
+        cot[lead][:, idx] = (pinv @ err.unsqueeze(-1)).squeeze(-1)  # Eᵀμ
+        jac = self._vjps(ev.lin, cot.view(lead + 1, *ev.point.shape), state,
+                         retain=True).reshape(lead + 1, b, -1)
+        lam = pinv @ jac[:lead, :, idx].permute(1, 2, 0)  # (B, k, lead)
+        back[:, :, idx] = lam.permute(2, 0, 1)
+        rt = self._vjps(ev.lin, back.view(lead, *ev.point.shape), state).reshape(lead, b, -1)
+        t_c = jac[0] - rt[0]
+        moved = jac[1] - rt[1] if lead == 2 else t_c
+        return t_c, moved, jac[lead]
 
     def _iterate(self, ctx: _Context, state: dict[str, Any], ev: Evaluation, k: int,
                  sigma: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -140,14 +172,18 @@ class ConditionedDRGD(Solver):
         # The last iteration's step is never taken: its rows are only for the reported
         # gradient, and the previous ones serve (when there are any).
         fresh = self._refresh and not (k == self.max_iterations and state["rows"] is not None)
+        self._refresh = (k + 1) % self.jacobian_every == 0
+        pf = p.reshape(b, d)
+        if n_pin and not fresh and state["chord"] is not None:
+            t_c, moved, correction = self._chord(ev, state, pf[:, idx] - state["target"], lead)
+            delta = t_c + self.momentum * moved if lead == 2 else t_c
+            return self._finish(ctx, state, p, ev, t_c, delta, correction, lead)
         cot = state["cot"]
         cot[0].copy_(ev.egrad)
         if lead == 2:
             cot[1].copy_(state["m"])
         n = cot.shape[0] if fresh else lead
         jac = self._vjps(ev.lin, cot[:n], state).reshape(n, b, d)
-        self._refresh = (k + 1) % self.jacobian_every == 0
-        pf = p.reshape(b, d)
         if n_pin == 0:  # nothing pinned: DRGD with bound masking and a trust region
             t_c = jac[0].clone()  # the backward may hand back the cotangent buffer itself
             delta = t_c + self.momentum * jac[1] if lead == 2 else t_c
@@ -174,6 +210,14 @@ class ConditionedDRGD(Solver):
             # tangent space.
             delta = t_c + self.momentum * (jac[1] - back[:, :, 1]) if lead == 2 else t_c
             correction = back[:, :, lead]
+        return self._finish(ctx, state, p, ev, t_c, delta, correction, lead)
+
+    def _finish(self, ctx: _Context, state: dict[str, Any], p: Tensor, ev: Evaluation,
+                t_c: Tensor, delta: Tensor, correction: Tensor | None, lead: int
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Bounds, momentum, step, pull and trust region: the next pre-image."""
+        b, d = p.shape[0], p[0].numel()
+        pf = p.reshape(b, d)
         if ctx.lower is not None or ctx.upper is not None:
             # No push (nor momentum) through an active bound: without this the clamp after each
             # projection and the step balance at a point off the manifold.

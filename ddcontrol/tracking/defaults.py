@@ -32,6 +32,14 @@ class SystemDefaults:
         Tracker solver name.
     iterations_per_step : int
         Iterations of each warm receding-horizon solve.
+    jacobian_every : int
+        Warm solves compute the pinned coordinates' Jacobian rows every this many iterations
+        and reuse only the inverse of their small block in between, with exact directions
+        (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`). Measured per system: on
+        the unicycle 5 gives the same closed loop as 1 (seed 0, three references: 1.3123x /
+        0.854x / 1.6746x the oracle against 1.3122x / 0.854x / 1.6744x) at about half the time
+        per iteration; on the double pendulum it does not (seed 0, swing: 1.66x against
+        1.04x), so the generic default is 1.
     step_time_fraction : float or None
         Per-step time budget of the tracker's ``act()`` as a fraction of the sampling time
         (None: no budget, every warm step runs ``iterations_per_step``).
@@ -49,6 +57,7 @@ class SystemDefaults:
     R: float = 0.01
     solver: str = "nesterov"
     iterations_per_step: int = 20
+    jacobian_every: int = 1
     step_time_fraction: float | None = 0.45
     reference: str = "random"
     excitation: str = "mixed"
@@ -63,6 +72,7 @@ class SystemDefaults:
         """Keyword arguments of :class:`~ddcontrol.tracking.tracker.DenoisingTracker`."""
         return {"sigma": self.sigma, "solver": self.solver,
                 "iterations_per_step": self.iterations_per_step,
+                "jacobian_every": self.jacobian_every,
                 "step_time_budget": None if self.step_time_fraction is None
                 else self.step_time_fraction * dt}
 
@@ -89,7 +99,8 @@ SYSTEM_DEFAULTS: dict[str, SystemDefaults] = {
     # no budget by default here.
     "ddcontrol/Unicycle-v0": SystemDefaults(
         window=45, t_ini=5, sigma=0.2, R=0.001, reference="figure-eight", excitation="gaussian",
-        excitation_params={"bandwidth": 0.2, "amplitude": 0.6}, step_time_fraction=None),
+        excitation_params={"bandwidth": 0.2, "amplitude": 0.6}, step_time_fraction=None,
+        jacobian_every=5),
 }
 
 

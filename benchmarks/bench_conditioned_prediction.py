@@ -82,7 +82,7 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
         ref = Reference(target, tuple(range(held.output_dim)), held.output_dim, held.dt)
         problem = TrackingProblem.for_env(env, ref, n_h, Q=d.Q, R=d.R)
         tracker = DenoisingTracker(model.denoiser, model.normalizer, problem,
-                                   candidates=candidates, past_length=t_ini,
+                                   candidates=candidates, t_ini=t_ini,
                                    symmetry=model.symmetry, device=args.device, **opts)
         plan = tracker.plan(held.u[traj, k - t_ini:k], held.y[traj, k - t_ini:k],
                             current_y=held.y[traj, k], start=0)

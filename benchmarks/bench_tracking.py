@@ -271,7 +271,7 @@ def conditioning_experiment(args: argparse.Namespace) -> dict[str, Any]:
     for mode, extra in (("pin", {"damping": 1e-3, "max_step": None}), ("clamp", {}),
                         ("penalty", {"penalty_weight": 1000.0})):
         tracker = DenoisingTracker(den, data.normalizer, problem, candidates=windows,
-                                   past_length=t_ini, sigma=1e-3, solver="nesterov",
+                                   t_ini=t_ini, sigma=1e-3, solver="nesterov",
                                    iterations=600, dtype=torch.float64, conditioning=mode,
                                    **extra)
         ratios, devs = [], []

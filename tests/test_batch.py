@@ -17,7 +17,9 @@ from ddcontrol.score import EmpiricalDenoiser, LinearGaussianDenoiser
 from ddcontrol.symmetry import symmetry_for
 from ddcontrol.tracking import DenoisingTracker, TrackingProblem, make_reference
 from ddcontrol.tracking import batch as batch_module
+from ddcontrol.tracking import cold_start as cold_start_module
 from ddcontrol.tracking.batch import BatchWindowCost, plan_batch
+from ddcontrol.tracking.measured import measured_block, normalise_block
 from ddcontrol.tracking.window_cost import FramedWindowCost
 from ddcontrol.trust import TrustEstimator
 
@@ -65,7 +67,7 @@ def mimo():
     def tracker(ref, **kw):
         prob = TrackingProblem(ref, n_h, 2, 2, dt=0.1, Q=1.0, R=0.01, input_low=-5,
                                input_high=5)
-        opts = dict(candidates=windows, past_length=t_ini, sigma=1e-3, solver="nesterov",
+        opts = dict(candidates=windows, t_ini=t_ini, sigma=1e-3, solver="nesterov",
                     iterations=40, dtype=F64, damping=1e-3, max_step=None)
         opts.update(kw)
         return DenoisingTracker(den, data.normalizer, prob, **opts)
@@ -128,7 +130,7 @@ def test_warm_starts_and_the_fallback_cold_start_search_equal_single_plans(mimo,
             assert rated.trust[i][name] == pytest.approx(one.trust[name], rel=1e-9, abs=1e-12)
     # The search that scores each problem with its own cost (symmetries that are not affine
     # per sample) picks the same starts as the moment-based one.
-    monkeypatch.setattr(batch_module, "_frame_maps", lambda tracker, frames: None)
+    monkeypatch.setattr(cold_start_module, "frame_maps", lambda tracker, frames: None)
     again = tr.plan_batch(m["past_u"], m["past_y"], iterations=5, refine=False, **kw)
     np.testing.assert_allclose(again.windows, cold.windows, atol=1e-12)
 
@@ -152,7 +154,7 @@ def test_batched_plans_with_a_symmetry_equal_single_plans_in_their_frames():
         prob = TrackingProblem(ref, n_h, 2, 5, dt=0.05, channels=[0, 1], R=0.01,
                                input_low=[-10, -5], input_high=[10, 5])
         # A wide σ: the empirical denoiser is smooth enough there for the solve to move.
-        return DenoisingTracker(den, norm, prob, candidates=cand, past_length=t_ini, sigma=1.5,
+        return DenoisingTracker(den, norm, prob, candidates=cand, t_ini=t_ini, sigma=1.5,
                                 iterations=20, symmetry=sym, dtype=F64, solver="nesterov",
                                 num_starts=2)
 
@@ -169,13 +171,13 @@ def test_batched_plans_with_a_symmetry_equal_single_plans_in_their_frames():
     # The cold start's moment-based scores are the single rule's (cost in the problem's frame,
     # the solve's past penalty and 1e3 · past mismatch), problem by problem.
     tr = tracker(refs[0])
-    blocks = batch_module._blocks(tr, pasts[:, :t_ini, :2], pasts[:, :t_ini, 2:],
-                                  pasts[:, t_ini, 2:], 3)
-    measured, g = batch_module._normalise(tr, blocks, np.zeros((3, 3)))
+    blocks = measured_block(t_ini, 2, 5, pasts[:, :t_ini, :2], pasts[:, :t_ini, 2:],
+                            pasts[:, t_ini, 2:], batch=3)
+    measured, g = normalise_block(sym, norm, blocks, np.zeros((3, 3)), F64, "cpu")
     refs_now = np.stack([r[s:s + n_h] for r, s in zip(refs, starts)])
-    maps = batch_module._frame_maps(tr, g)
+    maps = cold_start_module.frame_maps(tr, g)
     assert maps is not None
-    fast = batch_module._affine_scorer(tr, maps, refs_now, measured)(tr.candidates)
+    fast = cold_start_module.affine_scorer(tr, maps, refs_now, measured)(tr.candidates)
     each = batch_module._each_scorer(tr, refs_now, g, measured)(tr.candidates)
     np.testing.assert_allclose(fast.numpy(), each.numpy(), rtol=1e-9)
 
@@ -235,7 +237,7 @@ def test_invalid_batches_are_rejected_with_clear_errors(mimo):
     with pytest.raises(ConfigurationError, match="clamp"):
         m["tracker"](m["refs"][0], conditioning="clamp").plan_batch(pu, py, current_y=cy)
     with pytest.raises(ConfigurationError, match="cold start needs candidate"):
-        DenoisingTracker(tr.denoiser, tr.normalizer, tr.problem, past_length=m["t_ini"],
+        DenoisingTracker(tr.denoiser, tr.normalizer, tr.problem, t_ini=m["t_ini"],
                          sigma=1e-3, dtype=F64).plan_batch(pu, py, current_y=cy)
 
 
@@ -268,7 +270,7 @@ def test_a_fleet_runs_k_episodes_that_equal_single_episodes():
     def tracker(ref, **kw):
         prob = TrackingProblem.for_env(MSD, ref, n_h, Q=1.0, R=0.01)
         return DenoisingTracker(den, data.normalizer, prob, candidates=windows,
-                                past_length=t_ini, sigma=1e-3, iterations=30,
+                                t_ini=t_ini, sigma=1e-3, iterations=30,
                                 iterations_per_step=5, dtype=F64, damping=1e-3, max_step=None,
                                 **kw)
 

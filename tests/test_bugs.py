@@ -104,7 +104,7 @@ def conditioned_plan(case, **kwargs):
     data, windows, episode, prob, den, _ = case
     opts = {"sigma": 1e-3, "iterations": 150, "dtype": torch.float64, "damping": 1e-3,
             "max_step": None, **kwargs}
-    tracker = DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=T_INI,
+    tracker = DenoisingTracker(den, data.normalizer, prob, candidates=windows, t_ini=T_INI,
                                **opts)
     plan = tracker.plan(episode.u[0, K - T_INI:K], episode.y[0, K - T_INI:K], start=K,
                         refine=False)

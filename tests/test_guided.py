@@ -146,7 +146,7 @@ def test_tracker_solver_guided_plans_from_a_measured_past():
     prob = TrackingProblem(ref, n_h, 2, 2, dt=0.1, Q=1.0, R=0.01, input_low=-5, input_high=5)
     def plan_with(step_scale):
         tracker = DenoisingTracker(den, data.normalizer, prob, candidates=windows,
-                                   past_length=t_ini, sigma=1e-3, solver="guided", iterations=30,
+                                   t_ini=t_ini, sigma=1e-3, solver="guided", iterations=30,
                                    dtype=torch.float64, damping=1e-3, max_step=None,
                                    step_scale=step_scale)
         return tracker.plan(episode.u[0, k - t_ini:k], episode.y[0, k - t_ini:k],

@@ -141,7 +141,7 @@ def test_a_plan_far_from_the_origin_is_the_plan_at_the_origin_moved():
                                               axis=-1))[:, 2:4]
         prob = TrackingProblem(moved_ref, n_h, 2, 5, dt=0.05, channels=[0, 1], R=0.01,
                                input_low=[-10, -5], input_high=[10, 5])
-        tracker = DenoisingTracker(den, norm, prob, candidates=cand, past_length=t_ini,
+        tracker = DenoisingTracker(den, norm, prob, candidates=cand, t_ini=t_ini,
                                    sigma=0.05, iterations=30, symmetry=sym,
                                    dtype=torch.float64)
         return tracker.plan(moved_past[:t_ini, :2], moved_past[:t_ini, 2:],
@@ -207,6 +207,10 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     assert tracker.sigma == d.sigma and tracker.solver_name == d.solver
     # The unicycle's default is no per-step budget (quality first; see defaults.py).
     assert d.step_time_fraction is None and tracker.step_time_budget is None
+    # 8 cold starts everywhere; chord iterations on the unicycle only (measured per system).
+    assert tracker.num_starts == d.num_starts == 8
+    assert tracker.jacobian_every == d.jacobian_every == 5
+    assert system_defaults("ddcontrol/DoublePendulum-v0").jacobian_every == 1
     assert isinstance(tracker.symmetry, PlanarSymmetry)
     tuned = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                             model=Model(), options={"sigma": 0.2, "step_time_budget": 0.02})
@@ -242,7 +246,7 @@ def test_framed_cost_affine_map_equals_the_group_action():
 
     class _Cost:  # the parts of WindowCost that FramedWindowCost reads
         mean = torch.zeros(5, dtype=torch.float64)
-        past_length, m = 2, 1
+        t_ini, m = 2, 1
 
     cost = FramedWindowCost(_Cost(), sym, norm)
     rng = np.random.default_rng(0)

@@ -90,7 +90,7 @@ def test_conditioned_plan_reaches_bounded_optimum_from_measured_past():
                     0.5 * np.sign(np.sin(np.arange(60) * 0.05))], axis=1)
     prob = TrackingProblem(ref, n_h, 2, 2, dt=0.1, Q=1.0, R=0.01, input_low=-5, input_high=5)
     tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
-                               candidates=windows, past_length=t_ini, sigma=1e-3,
+                               candidates=windows, t_ini=t_ini, sigma=1e-3,
                                solver="nesterov", iterations=600, dtype=torch.float64,
                                damping=1e-3, max_step=None)
     plan = tracker.plan(episode.u[0, k - t_ini:k], episode.y[0, k - t_ini:k],
@@ -150,10 +150,19 @@ def test_conditioned_solver_keeps_pinned_coordinates_on_a_subspace(jacobian_ever
     assert torch.abs(grad @ slice_basis).max() < 1e-6
     # One forward at the batch size per iteration; the rows (3 extra cotangents of the one
     # vectorised backward) are recomputed every jacobian_every-th iteration only, and not at
-    # the last one (k = 200), whose step is never taken.
+    # the last one (k = 200), whose step is never taken. With jacobian_every > 1 the other
+    # iterations make two small backward passes: ∇f (and the momentum) with the pull's Eᵀμ,
+    # then the Eᵀλ of the directions.
     assert batches == [2] * 201
     copies = 2 if momentum else 1
-    expected = [copies + (3 if k % jacobian_every == 0 and k < 200 else 0) for k in range(201)]
+    expected: list[int] = []
+    for k in range(201):
+        if k % jacobian_every == 0 and k < 200:
+            expected.append(copies + 3)
+        elif jacobian_every > 1:
+            expected += [copies + 1, copies]
+        else:
+            expected.append(copies)
     assert cotangents == expected
 
 
@@ -164,7 +173,7 @@ def test_closed_loop_tracks_a_constant_reference_in_a_gym_loop():
     ref = np.full((200, 1), 1.0)
     prob = TrackingProblem(ref, n_h, 1, 1, dt=0.1, Q=1.0, R=0.001, input_low=-5, input_high=5)
     tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
-                               candidates=windows, past_length=t_ini, sigma=1e-3,
+                               candidates=windows, t_ini=t_ini, sigma=1e-3,
                                solver="nesterov", iterations=200, iterations_per_step=30,
                                dtype=torch.float64, damping=1e-3, max_step=None)
     env = gym.make(MSD)
@@ -188,7 +197,7 @@ def test_step_time_budget_stops_receding_horizon_solves():
     windows = data.windows(t_ini + n_h, stride=3, normalized=True)
     prob = TrackingProblem(np.ones((40, 1)), n_h, 1, 1, dt=0.1, Q=1.0, R=0.001)
     tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
-                               candidates=windows, past_length=t_ini, sigma=1e-3,
+                               candidates=windows, t_ini=t_ini, sigma=1e-3,
                                iterations=500, iterations_per_step=500, dtype=torch.float64,
                                step_time_budget=1e-9)
     obs = np.zeros(1)
@@ -196,30 +205,30 @@ def test_step_time_budget_stops_receding_horizon_solves():
     # iteration, no control step.
     tracker.reset(obs)
     assert tracker.last_plan is None and tracker.step_index == 0
-    assert tracker._prefetch.solver_result.iterations == 500 and tracker.reset_time_s > 0
+    assert tracker.first_plan.solver_result.iterations == 500 and tracker.reset_time_s > 0
 
     def no_cold_search(*args, **kwargs):
         raise AssertionError("a control step ran the cold-start search")
 
-    tracker._cold_start = no_cold_search
+    tracker.cold_start.search = no_cold_search
     for k in range(t_ini + 3):
         action = tracker.act(obs)
         assert np.all(np.isfinite(action))
         if k > 0:  # the warm-up steps refine the first plan within the budget, as all others
-            result = (tracker._prefetch or tracker.last_plan).solver_result
+            result = (tracker.first_plan or tracker.last_plan).solver_result
             assert result.stop_reason == "max_time" and result.iterations <= 1
     # Every control step's solve stopped on time after its first iteration.
     result = tracker.last_plan.solver_result
     assert result.stop_reason == "max_time" and result.iterations <= 1
     with pytest.raises(ConfigurationError):
         DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
-                         candidates=windows, past_length=t_ini, step_time_budget=0.0)
+                         candidates=windows, t_ini=t_ini, step_time_budget=0.0)
     # A solver passed in keeps its own time limit when a call gives no budget.
     own = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
-                           candidates=windows, past_length=t_ini, dtype=torch.float64,
-                           solver=DRGD(step_size=0.1, max_time=1e-9))
+                           candidates=windows, t_ini=t_ini, dtype=torch.float64,
+                           solver=DRGD(step_size=0.1, max_time=1e-9), conditioning="penalty")
     plan = own.plan(data.u[0, :t_ini], data.y[0, :t_ini], current_y=data.y[0, t_ini],
-                    start=t_ini, iterations=500)
+                    start=t_ini)
     assert plan.solver_result.stop_reason == "max_time"
 
 
@@ -229,22 +238,22 @@ def test_tracker_bad_inputs():
     den = exact_projector_denoiser(windows)
     prob = TrackingProblem(np.zeros((10, 1)), 8, 1, 1)
     with pytest.raises(UnknownNameError):
-        DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=2,
+        DenoisingTracker(den, data.normalizer, prob, candidates=windows, t_ini=2,
                          solver="newton")
     with pytest.raises(UnknownNameError):
-        DenoisingTracker(den, data.normalizer, prob, past_length=2, conditioning="hope")
+        DenoisingTracker(den, data.normalizer, prob, t_ini=2, conditioning="hope")
     with pytest.raises(DimensionError):
-        DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=3)
+        DenoisingTracker(den, data.normalizer, prob, candidates=windows, t_ini=3)
     with pytest.raises(ConfigurationError):
-        DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=2,
+        DenoisingTracker(den, data.normalizer, prob, candidates=windows, t_ini=2,
                          solver="dlf")
-    tracker = DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=2,
+    tracker = DenoisingTracker(den, data.normalizer, prob, candidates=windows, t_ini=2,
                                dtype=torch.float64)
     with pytest.raises(DimensionError):
         tracker.plan(np.zeros((3, 1)), np.zeros((2, 1)))
     with pytest.raises(ValueError):
         tracker.plan(np.zeros((2, 1)), np.full((2, 1), np.nan))
-    no_cand = DenoisingTracker(den, data.normalizer, prob, past_length=2)
+    no_cand = DenoisingTracker(den, data.normalizer, prob, t_ini=2)
     with pytest.raises(ConfigurationError):
         no_cand.plan(np.zeros((2, 1)), np.zeros((2, 1)))
     with pytest.raises(DimensionError):

@@ -156,7 +156,7 @@ def _closed_loop_tracker(threshold: float, on_ood: str, fallback=None):
                            threshold=threshold, dtype=torch.float64)
     prob = TrackingProblem(np.full((40, 1), 0.3), n_h, 1, 1, dt=0.1, Q=1.0, R=0.01,
                            input_low=-5, input_high=5)
-    return DenoisingTracker(den, data.normalizer, prob, candidates=windows, past_length=t_ini,
+    return DenoisingTracker(den, data.normalizer, prob, candidates=windows, t_ini=t_ini,
                             sigma=1e-3, iterations=30, iterations_per_step=5,
                             refine_iterations=0, dtype=torch.float64, damping=1e-3,
                             max_step=None, trust=trust, on_ood=on_ood, fallback=fallback)
@@ -174,10 +174,10 @@ def test_closed_loop_fallback_is_called_when_the_flag_fires_and_counted():
     fb = _CountingFallback()
     flagged = _closed_loop_tracker(1e-12, "fallback", fb)  # every plan is flagged
     actions = _run(flagged)
-    planned = 10 - flagged.past_length
+    planned = 10 - flagged.t_ini
     assert flagged.ood_steps == planned and fb.calls == planned and fb.resets == 1
-    assert flagged.flagged_steps == list(range(flagged.past_length, 10))
-    assert all(a[0] == 0.25 for a in actions[flagged.past_length:])
+    assert flagged.flagged_steps == list(range(flagged.t_ini, 10))
+    assert all(a[0] == 0.25 for a in actions[flagged.t_ini:])
     assert flagged.last_plan.ood and flagged.last_plan.estimated_deviation is not None
     fb_quiet = _CountingFallback()
     quiet = _closed_loop_tracker(1e9, "fallback", fb_quiet)   # nothing is flagged
@@ -257,7 +257,7 @@ def test_flagged_steps_reach_the_episode_and_the_plot(tmp_path):
     with pytest.warns(RuntimeWarning, match="flagged"):
         _run(tracker, steps=6)
         flagged = tracker.flagged_steps
-    assert flagged == list(range(tracker.past_length, 6)) and tracker.ood_steps == len(flagged)
+    assert flagged == list(range(tracker.t_ini, 6)) and tracker.ood_steps == len(flagged)
     t = np.arange(6) * 0.1
     y = np.linspace(0, 1, 6)[:, None]
     import matplotlib.pyplot as plt

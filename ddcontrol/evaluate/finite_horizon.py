@@ -123,7 +123,7 @@ class _Setup:
         self.tracker = DenoisingTracker(model.denoiser, model.normalizer, problem,
                                         candidates=model.normalizer.normalize(
                                             symmetry.canonicalize(candidates)[0]),
-                                        past_length=t_ini, **tracker_options)
+                                        t_ini=t_ini, **tracker_options)
 
     def measured(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None,
                                 np.ndarray]:

@@ -3,19 +3,17 @@
 :func:`run_fleet` runs K independent episodes of one environment, each with its own reference,
 seed (and optionally initial state), controlled by one :class:`DenoisingTracker`: every solve
 the K episodes need at a step is one :func:`~ddcontrol.tracking.batch.plan_batch` call. Each
-episode follows :meth:`DenoisingTracker.reset` and :meth:`~DenoisingTracker.act` step for step:
-the first plan solved from y_0 at reset, refined with each warm-up output while the warm-up input
-is applied, continued at the first full past, then warm starts from the previous plan shifted by
-one step and moved into the new past's frame, ``iterations_per_step`` iterations, no refinement.
-So an episode of the fleet is the episode :func:`run_episode` gives for its reference (up to
-round-off; ``tests/test_batch.py`` checks this). Episodes that end (a failure, an env's own end)
+episode keeps an :class:`~ddcontrol.tracking.receding.EpisodeState` and follows the rules
+:meth:`DenoisingTracker.act` follows (``tracker.rules``, :mod:`ddcontrol.tracking.receding`:
+cold start at reset, warm-up, warm starts, out-of-distribution policies). So an episode of the
+fleet is the episode :func:`run_episode` gives for its reference (up to round-off;
+``tests/test_batch.py`` checks this). Episodes that end (a failure, an env's own end)
 leave the batch; the others go on.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +25,10 @@ from ddcontrol.data.gym_env import EnvLike, StateAccess, applied_action, env_spe
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.evaluate.closed_loop import Episode, episode_metrics
 from ddcontrol.tracking.batch import batch_problems, plan_batch
+from ddcontrol.tracking.receding import EpisodeState
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.tracker import DenoisingTracker
+from ddcontrol.trust import OutOfDistributionError
 from envs.dynamics import Dynamics
 
 __all__ = ["run_fleet"]
@@ -38,7 +38,7 @@ _TRACKER_BUDGET = "tracker"
 
 @dataclass(eq=False)
 class _Run:
-    """One episode's environment and the tracker state that ``act`` keeps for it."""
+    """One episode's environment, its record, and the receding-horizon state of its tracker."""
 
     env: Any
     owned: bool
@@ -52,13 +52,7 @@ class _Run:
     req: list = field(default_factory=list)
     xs: list = field(default_factory=list)
     times: list = field(default_factory=list)
-    u_hist: list = field(default_factory=list)
-    y_hist: list = field(default_factory=list)
-    warm: np.ndarray | None = None  # previous plan's window, world frame, physical units
-    prefetch: np.ndarray | None = None  # the first plan's window while the past fills up
-    good: tuple[int, np.ndarray] | None = None  # (step, inputs) of the last unflagged plan
-    ood_steps: int = 0
-    flagged: list[int] = field(default_factory=list)
+    state: EpisodeState = field(default_factory=EpisodeState)  # the receding horizon's
     error: str | None = None
     ended: str | None = None
 
@@ -119,7 +113,7 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
     problems = batch_problems(tracker, refs)
     k_runs = len(refs)
     if length is None:
-        lengths = {r.steps for r in refs}
+        lengths = {r.length for r in refs}
         if len(lengths) != 1:
             raise ConfigurationError(f"the references have lengths {sorted(lengths)}: pass "
                                      "length=")
@@ -135,7 +129,7 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
               and step_time_budget == _TRACKER_BUDGET else step_time_budget)
     if budget is not None:
         budget = check_positive_float(budget, "step_time_budget")
-    t, m, p = tracker.past_length, tracker.m, tracker.p
+    t, m, p = tracker.t_ini, tracker.m, tracker.p
     score_from = t if score_from is None else check_positive_int(score_from, "score_from",
                                                                  allow_zero=True)
 
@@ -179,8 +173,8 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
         ep = Episode(tracker.name, np.array(run.ys).reshape(-1, p),
                      np.array(run.us).reshape(-1, m), np.array(run.req).reshape(-1, m),
                      np.array(run.xs), np.array(run.times), run.error, ended=run.ended,
-                     state_source=run.access.source, ood_steps=run.ood_steps,
-                     flagged_steps=list(run.flagged))
+                     state_source=run.access.source, ood_steps=len(run.state.flagged),
+                     flagged_steps=list(run.state.flagged))
         ep.metrics = episode_metrics(ep, ref, tracker.problem.Q_matrix,
                                      tracker.problem.R_matrix, input_low=run.spec.input_low,
                                      input_high=run.spec.input_high, score_from=score_from)
@@ -188,133 +182,62 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
     return episodes
 
 
-def _warmup_blocks(tracker: DenoisingTracker, active: list[_Run]) -> np.ndarray:
-    """The first plan's measured blocks (K, T_ini + 1, C) while only y_0..y_k (k < T_ini)
-    exist: the warm-up inputs are known in advance, the outputs not measured yet are NaN."""
-    t, m = tracker.past_length, tracker.m
-    block = np.full((len(active), t + 1, m + tracker.p), np.nan)
-    block[:, :t, :m] = tracker.warmup_input
-    for i, run in enumerate(active):
-        for j, y in enumerate(run.y_hist[: t + 1]):
-            block[i, j, m:] = y
-    return block
-
-
 def _cold_start(tracker: DenoisingTracker, runs: list[_Run], problems: list[Any]) -> None:
-    """What :meth:`DenoisingTracker.reset` does with y_0: the episodes' first plans (reference
-    step T_ini, ``iterations``), conditioned on y_0 and the warm-up inputs, in one batch."""
-    for run in runs:
-        run.y_hist = [np.asarray(run.obs, dtype=float).reshape(tracker.p)]
+    """What :meth:`DenoisingTracker.reset` does with y_0, for every episode in one batch."""
+    rules = tracker.rules
+    first = [rules.first_request(np.asarray(run.obs, dtype=float).reshape(tracker.p))
+             for run in runs]
     try:
-        res = plan_batch(tracker, start=tracker.past_length, references=problems,
-                         blocks=_warmup_blocks(tracker, runs), refine=False)
+        res = plan_batch(tracker, start=first[0].start, references=problems,
+                         blocks=np.stack([r.block for r in first]), refine=False)
     except Exception as exc:  # noqa: BLE001 - as run_episode reports a failing reset
         for run in runs:
             run.error = f"reset failed: {type(exc).__name__}: {exc}"
         return
     for i, run in enumerate(runs):
-        run.prefetch = res.windows[i]
-    for run in runs:
-        run.y_hist = []
+        run.state.first_plan = res.plan(i)
 
 
 def _act(tracker: DenoisingTracker, active: list[_Run], problems: list[Any], index: list[int],
          k: int, budget: float | None) -> list[np.ndarray | None]:
     """Measure every active episode's output and return its input (None: the episode failed),
-    as :meth:`DenoisingTracker.act` would for each, with one batched plan."""
-    t, m, p = tracker.past_length, tracker.m, tracker.p
-    for run in active:
-        run.y_hist.append(np.asarray(run.obs, dtype=float).reshape(p))
-    refs = [problems[i] for i in index]
-    if k < t:
-        if active[0].prefetch is not None and k > 0:
-            # The first plans again (same windows, frames and reference step), with one more
-            # measured output each; not applied, so no confidence yet.
-            try:
-                res = plan_batch(tracker, start=t, references=refs,
-                                 blocks=_warmup_blocks(tracker, active),
-                                 initial_point=np.stack([r.prefetch for r in active]),
-                                 iterations=tracker.iterations_per_step, refine=False,
-                                 max_time=budget, confidence=False)
-            except Exception as exc:  # noqa: BLE001
-                for run in active:
-                    run.error = f"{type(exc).__name__}: {exc}"
-                return [None] * len(active)
-            for i, run in enumerate(active):
-                run.prefetch = res.windows[i]
-        for run in active:
-            run.u_hist.append(tracker.warmup_input.copy())
-        return [tracker.warmup_input.copy() for _ in active]
-    past_u = np.array([r.u_hist[k - t:k] for r in active]).reshape(len(active), t, m)
-    past_y = np.array([r.y_hist[k - t:k] for r in active]).reshape(len(active), t, p)
-    current = np.array([r.y_hist[k] for r in active])
+    by the receding-horizon rules of :meth:`DenoisingTracker.act`, with one batched plan."""
+    rules = tracker.rules
+    ys = [np.asarray(run.obs, dtype=float).reshape(tracker.p) for run in active]
+    requests = [rules.request(run.state, y) for run, y in zip(active, ys)]
     # The episodes move in step: all warm, all continuing their first plans, or all cold.
-    start_point, iterations = None, None
-    if active[0].warm is None and active[0].prefetch is not None:
-        start_point = np.stack([r.prefetch for r in active])
-        iterations = tracker.iterations_per_step
-        for run in active:
-            run.prefetch = None
-    elif active[0].warm is not None:
-        warm = []
-        for i, run in enumerate(active):
-            # The previous plan shifted by one step (its last row repeated), moved into the
-            # frame of the new measured past.
-            prev = run.warm
-            shifted = np.concatenate([prev[1:], prev[-1:]], axis=0)
-            first = (np.concatenate([past_u[i, 0], past_y[i, 0]]) if t else
-                     np.concatenate([np.full(m, np.nan), current[i]]))
-            g = tracker.symmetry.frame_of_sample(first)
-            warm.append(tracker.normalizer.normalize(tracker.symmetry.inverse_act(g, shifted)))
-        start_point, iterations = np.stack(warm), tracker.iterations_per_step
-    try:
-        res = plan_batch(tracker, past_u, past_y, current_y=current, start=k, references=refs,
-                         initial_point=start_point, iterations=iterations, refine=False,
-                         max_time=budget)
-    except Exception as exc:  # noqa: BLE001 - a failed solve ends the episodes, as in run_episode
-        for run in active:
-            run.error = f"{type(exc).__name__}: {exc}"
-        return [None] * len(active)
+    req = requests[0]
+    if req.solve:
+        try:
+            res = plan_batch(tracker, start=[r.start for r in requests],
+                             references=[problems[i] for i in index],
+                             blocks=np.stack([r.block for r in requests]),
+                             initial_point=None if req.initial_point is None
+                             else np.stack([r.initial_point for r in requests]),
+                             iterations=req.iterations, refine=False, max_time=budget,
+                             confidence=not req.warmup)
+        except Exception as exc:  # noqa: BLE001 - a failed solve ends the episodes, as in run_episode
+            for run in active:
+                run.error = f"{type(exc).__name__}: {exc}"
+            return [None] * len(active)
     actions: list[np.ndarray | None] = []
-    for i, run in enumerate(active):
-        run.warm = tracker.symmetry.act(res.frames[i], tracker.normalizer.denormalize(
-            np.asarray(res.windows[i], dtype=float)))
-        u = res.inputs[i, 0].copy()
-        if res.ood is not None and res.ood[i]:
-            u = _on_ood(tracker, run, res, i, k, u)
-            if u is None:
+    for i, (run, y) in enumerate(zip(active, ys)):
+        if req.warmup:
+            if req.solve:  # the first plan again, with one more measured output; not applied
+                run.state.first_plan = res.plan(i)
+            u = rules.warmup_input.copy()
+        else:
+            plan = res.plan(i)
+            rules.remember(run.state, plan)
+            try:
+                u = rules.choose_input(run.state, k, plan)
+            except OutOfDistributionError as exc:  # "raise" ends this episode only
+                run.error = f"{type(exc).__name__}: {exc}"
                 actions.append(None)
                 continue
-        elif res.ood is not None:
-            run.good = (k, res.inputs[i])
-        if not np.all(np.isfinite(u)):
-            warnings.warn("tracker produced a non-finite input; applying the warm-up input",
-                          RuntimeWarning, stacklevel=3)
-            u = tracker.warmup_input.copy()
-        run.u_hist.append(u)
+        run.state.record(y, u)
         actions.append(u)
     return actions
-
-
-def _on_ood(tracker: DenoisingTracker, run: _Run, res: Any, i: int, k: int, u: np.ndarray
-            ) -> np.ndarray | None:
-    """The input of a flagged step under the tracker's ``on_ood`` policy (None: "raise", which
-    ends the episode with an error)."""
-    run.ood_steps += 1
-    run.flagged.append(k)
-    msg = (f"step {k}: plan flagged out of the data's distribution (estimated deviation "
-           f"{res.estimated_deviation[i]:.3g} > {res.trust[i]['threshold']:.3g})")
-    if tracker.on_ood == "raise":
-        run.error = f"OutOfDistributionError: {msg}"
-        return None
-    if tracker.on_ood == "hold":
-        if run.good is not None and k - run.good[0] < len(run.good[1]):
-            return run.good[1][k - run.good[0]].copy()
-        return tracker.warmup_input.copy()
-    if run.ood_steps == 1:
-        warnings.warn(msg + "; later flagged steps are counted in ood_steps", RuntimeWarning,
-                      stacklevel=4)
-    return u
 
 
 def _step(run: _Run, action: np.ndarray, steps: int) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 import types
-from importlib import import_module
 from typing import Any
 
+from ddcontrol._lazy import lazy_names
 from ddcontrol.score.base import Denoiser, sigma_column
 from ddcontrol.score.checkpoint import TrainedModel, load_model
 from ddcontrol.score.closed_form import EmpiricalDenoiser, LinearGaussianDenoiser
@@ -36,17 +36,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the training loop on first access."""
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+# Import the training loop on first access (one helper for every lazy package).
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)
 
 
 class _ScoreModule(types.ModuleType):

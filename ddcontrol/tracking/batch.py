@@ -37,14 +37,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol._validation import as_finite_array, check_positive_int
 from ddcontrol.errors import ConfigurationError, DimensionError
-from ddcontrol.manifold import BehaviorManifold
 from ddcontrol.solvers import Problem, SolverResult
-from ddcontrol.solvers.conditioned import ConditionedDRGD
+from ddcontrol.tracking import cold_start
+from ddcontrol.tracking.measured import measured_block, normalise_block
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
-from ddcontrol.tracking.tracker import conditioned_cost
 from ddcontrol.tracking.window_cost import FramedWindowCost, WindowCost
 
 if TYPE_CHECKING:
@@ -52,9 +52,6 @@ if TYPE_CHECKING:
     from ddcontrol.tracking.tracker import DenoisingTracker, PlanResult
 
 __all__ = ["BatchPlanResult", "BatchWindowCost", "batch_problems", "plan_batch"]
-
-# Candidate windows scored per chunk in the cold-start search (bounds its float64 memory).
-_CHUNK = 4096
 
 
 class BatchWindowCost(WindowCost):
@@ -65,16 +62,17 @@ class BatchWindowCost(WindowCost):
     problem : TrackingProblem
         Weights, channels and horizon (its own reference is not used).
     normalizer : Normalizer
-    past_length : int
-        T_ini.
+    t_ini : int
+        T_ini (``past_length=`` is its deprecated name).
     references : ndarray (B, N_h, q)
         The reference window of each row, physical units (B = 1 broadcasts over any batch).
     dtype, device : torch dtype and device.
     """
 
-    def __init__(self, problem: TrackingProblem, normalizer: Normalizer, past_length: int,
+    @renamed_keywords(past_length="t_ini")
+    def __init__(self, problem: TrackingProblem, normalizer: Normalizer, t_ini: int,
                  references: np.ndarray, dtype: torch.dtype, device: Any) -> None:
-        super().__init__(problem, normalizer, past_length, 0, dtype, device)
+        super().__init__(problem, normalizer, t_ini, 0, dtype, device)
         self.start = None
         self.set_references(references)
 
@@ -219,33 +217,8 @@ def _batch_size(values: dict[str, Any]) -> int:
     return k
 
 
-def _blocks(tracker: DenoisingTracker, past_u: Any, past_y: Any, current_y: Any, k: int
-            ) -> np.ndarray | None:
-    """The measured pasts as physical (K, T_ini + 1, C) blocks, NaN where not measured."""
-    t, m, p = tracker.past_length, tracker.m, tracker.p
-    if t == 0 and current_y is None:
-        return None
-    block = np.full((k, t + 1, m + p), np.nan)
-    if t:
-        if past_u is None or past_y is None:
-            raise DimensionError(f"past_u ({k}, {t}, {m}) and past_y ({k}, {t}, {p}) are "
-                                 f"required with T_ini = {t}")
-        pu = as_finite_array(past_u, "past_u", ndim=3)
-        py = as_finite_array(past_y, "past_y", ndim=3)
-        if pu.shape != (k, t, m) or py.shape != (k, t, p):
-            raise DimensionError(f"past_u must be ({k}, {t}, {m}) and past_y ({k}, {t}, {p}), "
-                                 f"got {pu.shape} and {py.shape}")
-        block[:, :t, :m], block[:, :t, m:] = pu, py
-    if current_y is not None:
-        cy = as_finite_array(current_y, "current_y", ndim=2)
-        if cy.shape != (k, p):
-            raise DimensionError(f"current_y must be ({k}, {p}), got {cy.shape}")
-        block[:, t, m:] = cy
-    return block
-
-
 def _check_blocks(tracker: DenoisingTracker, blocks: Any) -> np.ndarray:
-    shape = (tracker.past_length + 1, tracker.m + tracker.p)
+    shape = (tracker.t_ini + 1, tracker.m + tracker.p)
     arr = np.asarray(blocks, dtype=float)
     if arr.ndim != 3 or arr.shape[1:] != shape:
         raise DimensionError(f"blocks must be (K, {shape[0]}, {shape[1]}), got {arr.shape}")
@@ -258,199 +231,38 @@ def _check_blocks(tracker: DenoisingTracker, blocks: Any) -> np.ndarray:
     return arr
 
 
-def _normalise(tracker: DenoisingTracker, block: np.ndarray | None, frames: np.ndarray
-               ) -> tuple[Tensor | None, np.ndarray]:
-    """Measured blocks into the model's frame and units (normalised (K, T_ini + 1, C)), and the
-    frames (K, k_g): each read off its problem's first measured sample where that fixes one, as
-    ``DenoisingTracker`` does for one plan."""
-    if block is None:
-        return None, frames
-    sym = tracker.symmetry
-    if not sym.is_identity:
-        g = np.asarray(sym.frame_of_sample(block[:, 0]), dtype=float)
-        frames = np.where(np.all(np.isfinite(g), axis=-1, keepdims=True), g, frames)
-        block = sym.inverse_act(frames, block)
-    mean, std = tracker.normalizer.mean, tracker.normalizer.std
-    return torch.as_tensor((block - mean) / std, dtype=tracker.dtype,
-                           device=tracker.device), frames
-
-
 # -- the cold start ---------------------------------------------------------------------------------
-def _frame_maps(tracker: DenoisingTracker, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray
-                                                                        ] | None:
-    """Per-problem affine maps ``w ↦ A w + b`` (physical units, per sample) of the symmetry's
-    action, or None if the action is not of that form (then the search scores each problem
-    with its own cost)."""
-    c = tracker.m + tracker.p
-    k = len(frames)
-    if tracker.symmetry.is_identity:
-        return np.tile(np.eye(c), (k, 1, 1)), np.zeros((k, c))
-    probe = np.zeros((k, c + 1, c))
-    probe[:, 1:] = np.eye(c)
-    out = np.asarray(tracker.symmetry.act(frames, probe), dtype=float)
-    b = out[:, 0]
-    a = np.swapaxes(out[:, 1:] - b[:, None], 1, 2)  # a[:, :, j] = g · e_j − g · 0
-    # Check on windows of data-like magnitude that the action is this map (and the same at
-    # every time step).
-    n = tracker.normalizer
-    w = np.random.default_rng(0).normal(size=(k, 3, c)) * n.std + n.mean
-    moved = np.asarray(tracker.symmetry.act(frames, w), dtype=float)
-    scale = 1.0 + np.abs(moved).max()
-    if not np.allclose(moved, np.einsum("kcd,ktd->ktc", a, w) + b[:, None], rtol=0.0,
-                       atol=1e-9 * scale):
-        return None
-    return a, b
-
-
-def _affine_scorer(tracker: DenoisingTracker, maps: tuple[np.ndarray, np.ndarray],
-                   refs: np.ndarray, measured: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """Scores (Mc, K) of candidate windows under the single cold start's rule (the cost of the
-    candidate moved into each problem's frame, plus 1e3 · its past mismatch, plus the solve's
-    own past penalty), float64, from per-candidate moments: the cost of an affine image of a
-    window is a quadratic form of it, so K problems cost a few matrix products."""
-    dev, f64 = tracker.candidates.device, torch.float64
-    as64 = lambda a: torch.as_tensor(np.asarray(a), dtype=f64, device=dev)  # noqa: E731
-    t, m = tracker.past_length, tracker.m
-    prob = tracker.problem
-    sel = list(range(m)) + [m + ch for ch in prob.channels]
-    q = len(prob.channels)
-    weight = torch.zeros(m + q, m + q, dtype=f64, device=dev)
-    weight[:m, :m], weight[m:, m:] = as64(prob.R_matrix), as64(prob.Q_matrix)
-    a, b = as64(maps[0]), as64(maps[1])
-    bk = a[:, sel]  # (K, m + q, C): the costed channels of g · w
-    d = b[:, sel][:, None, :].repeat(1, prob.horizon, 1)  # (K, N, m + q)
-    d[..., m:] -= as64(refs)
-    kk = len(refs)
-    gram = torch.einsum("ksc,st,ktd->kcd", bk, weight, bk).reshape(kk, -1).T  # (C², K)
-    lin = torch.einsum("ksc,st,knt->knc", bk, weight, d).reshape(kk, -1).T  # (N·C, K)
-    const = torch.einsum("kns,st,knt->k", d, weight, d)
-    mean, std = as64(tracker.normalizer.mean), as64(tracker.normalizer.std)
-    if measured is not None:
-        # The cold start's 1e3 · mismatch, and the solve cost's penalty term (which a single
-        # plan's score includes, except under clamping).
-        coef = 1e3 + (tracker.penalty_weight if tracker.conditioning != "clamp" else 0.0)
-        known = (~torch.isnan(measured[0])).to(f64).reshape(-1)
-        rows = measured.shape[1]
-        target = (torch.nan_to_num(measured).to(f64).reshape(kk, -1) * known)
-        target_sq = (target * target).sum(1)
-
-    def score(xc: Tensor) -> Tensor:
-        xc = xc.to(f64)
-        fut = xc[:, t:] * std + mean  # (Mc, N, C) physical, canonical
-        moments = torch.einsum("mnc,mnd->mcd", fut, fut).reshape(len(xc), -1)
-        out = moments @ gram + 2.0 * fut.reshape(len(xc), -1) @ lin + const
-        if measured is not None:
-            xp = xc[:, :rows].reshape(len(xc), -1) * known
-            out = out + coef * ((xp * xp).sum(1)[:, None] - 2.0 * xp @ target.T + target_sq)
-        return out
-
-    return score
-
-
 def _each_scorer(tracker: DenoisingTracker, refs: np.ndarray, frames: np.ndarray,
                  measured: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """The same scores, problem by problem with each problem's own cost and the single cold
-    start's code (for symmetries whose action is not affine per sample)."""
-    fns = []
-    for k in range(len(refs)):
-        cost = _cost(tracker, refs[k:k + 1], frames[k:k + 1])
-        fns.append(_cost_fns(tracker, cost, None if measured is None else measured[k:k + 1])[0])
-
-    def score(xc: Tensor) -> Tensor:
-        out = []
-        for k, f in enumerate(fns):
-            s = f(xc)
-            if measured is not None:
-                known = ~torch.isnan(measured[k])
-                dd = (xc[:, : measured.shape[1]] - torch.nan_to_num(measured[k])) * known
-                s = s + 1e3 * (dd * dd).sum(dim=(-1, -2))
-            out.append(s)
-        return torch.stack(out, dim=1)
-
-    return score
-
-
-def _best_candidates(tracker: DenoisingTracker, score: Callable[[Tensor], Tensor],
-                     num_starts: int) -> Tensor:
-    """Indices (K, S) of the S best-scored candidates of each problem."""
-    cand = tracker.candidates
-    best_s = best_i = None
-    for lo in range(0, len(cand), _CHUNK):
-        s = score(cand[lo:lo + _CHUNK])  # (Mc, K)
-        s, i = torch.topk(s, min(num_starts, len(s)), dim=0, largest=False)
-        i = i + lo
-        if best_s is not None:
-            s, j = torch.topk(torch.cat([best_s, s]), min(num_starts, len(best_s) + len(s)),
-                              dim=0, largest=False)
-            i = torch.gather(torch.cat([best_i, i]), 0, j)
-        best_s, best_i = s, i
-    return best_i.T
+    """The cold-start scores of K problems, each with its own solve cost (the single plan's
+    rule; for symmetries whose action is not affine per sample)."""
+    fns = [tracker.conditioner.cost(_cost(tracker, refs[k:k + 1], frames[k:k + 1]),
+                                    None if measured is None else measured[k:k + 1])[0]
+           for k in range(len(refs))]
+    return cold_start.cost_scorer(fns, measured)
 
 
 def _cold_start(tracker: DenoisingTracker, refs: np.ndarray, frames: np.ndarray,
                 measured: Tensor | None, num_starts: int) -> Tensor:
-    """(K · S, L, C) starts: each problem's S best candidates, measured values written in."""
-    if tracker.candidates is None:
-        raise ConfigurationError("a cold start needs candidate windows (pass candidates= or "
-                                 "build with from_model(..., dataset=...)) or initial_point=")
-    maps = _frame_maps(tracker, frames)
-    with torch.no_grad():
-        score = (_each_scorer(tracker, refs, frames, measured) if maps is None
-                 else _affine_scorer(tracker, maps, refs, measured))
-        idx = _best_candidates(tracker, score, num_starts)
-    x0 = tracker.candidates[idx].clone()  # (K, S, L, C)
-    if measured is not None:
-        rows = measured.shape[1]
-        known = ~torch.isnan(measured[:, None])
-        x0[:, :, :rows] = torch.where(known, measured[:, None], x0[:, :, :rows])
-    return x0.reshape(-1, *x0.shape[2:])
+    """(K · S, L, C) starts: each problem's S best candidates, measured values written in;
+    scored from moments where the frames act affinely per sample, else problem by problem."""
+    tracker.cold_start.require()  # before the scores are set up
+    maps = cold_start.frame_maps(tracker, frames)
+    score = (_each_scorer(tracker, refs, frames, measured) if maps is None
+             else cold_start.affine_scorer(tracker, maps, refs, measured))
+    return tracker.cold_start.search(score, measured, num_starts)
 
 
 # -- cost and solver ---------------------------------------------------------------------------------
 def _cost(tracker: DenoisingTracker, refs: np.ndarray, frames: np.ndarray
           ) -> BatchWindowCost | FramedWindowCost:
-    cost = BatchWindowCost(tracker.problem, tracker.normalizer, tracker.past_length, refs,
+    cost = BatchWindowCost(tracker.problem, tracker.normalizer, tracker.t_ini, refs,
                            tracker.dtype, tracker.device)
     if tracker.symmetry.is_identity:
         return cost
     framed = FramedWindowCost(cost, tracker.symmetry, tracker.normalizer)
     framed.set_frame(frames)
     return framed
-
-
-def _cost_fns(tracker: DenoisingTracker, cost: Any, measured: Tensor | None
-              ) -> tuple[Any, Any]:
-    """Cost and gradient of the solve, with per-row pasts."""
-    return conditioned_cost(cost, measured, tracker.conditioning, tracker.penalty_weight)
-
-
-def _refine(tracker: DenoisingTracker, x: Tensor, measured: Tensor | None) -> Tensor:
-    """``DenoisingTracker._refine`` for K windows: pin each one's measured past and clipped
-    inputs and pull it onto the manifold (Gauss-Newton only)."""
-    t, m = tracker.past_length, tracker.m
-    mask = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)
-    values = x.clone()
-    lo, hi = tracker._bounds(None)
-    values[:, t:, :m] = torch.clamp(values[:, t:, :m], lo[t:, :m], hi[t:, :m])
-    mask[t:, :m] = True
-    if measured is not None:
-        rows = measured.shape[1]
-        known = ~torch.isnan(measured)
-        mask[:rows] |= known[0]
-        values[:, :rows] = torch.where(known, measured, values[:, :rows])
-    zero = lambda z: torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)  # noqa: E731
-    anneal = {}
-    if tracker.refine_sigma != tracker.sigma:
-        anneal = {"sigma_start": tracker.sigma,
-                  "anneal_iterations": tracker.refine_iterations // 2}
-    problem = Problem(BehaviorManifold(tracker.denoiser, tracker.refine_sigma), zero,
-                      torch.zeros_like)
-    solver = ConditionedDRGD(mask, values, step_size=1.0,
-                             max_iterations=tracker.refine_iterations, min_gradient_norm=0.0,
-                             record_history=False, **anneal)
-    out = solver.run(problem, initial_point=x).point
-    out[:, mask] = values[:, mask]
-    return out
 
 
 def _starts(start: Any, k: int | None) -> np.ndarray | None:
@@ -534,8 +346,8 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
         if past_u is not None or past_y is not None or current_y is not None:
             raise ConfigurationError("pass blocks= or past_u, past_y and current_y, not both")
         blocks = _check_blocks(tracker, blocks)
-    k = _batch_size({"past_u": past_u if tracker.past_length else None,
-                     "past_y": past_y if tracker.past_length else None,
+    k = _batch_size({"past_u": past_u if tracker.t_ini else None,
+                     "past_y": past_y if tracker.t_ini else None,
                      "current_y": current_y, "blocks": blocks, "references": references,
                      "start": _starts(start, None), "initial_point": x0_in,
                      "frame": None if frames_in is None or shared_frame else frames_in})
@@ -552,8 +364,10 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
     refs = np.stack([(tracker.problem if problems is None else problems[i]).reference_values(
         int(starts[i]), horizon) for i in range(k)])
     if blocks is None:
-        blocks = _blocks(tracker, past_u, past_y, current_y, k)
-    measured, frames = _normalise(tracker, blocks, frames)
+        blocks = measured_block(tracker.t_ini, tracker.m, tracker.p, past_u, past_y, current_y,
+                                batch=k)
+    measured, frames = normalise_block(tracker.symmetry, tracker.normalizer, blocks, frames,
+                                       tracker.dtype, tracker.device)
     if measured is not None and tracker.conditioning == "clamp":
         raise ConfigurationError("conditioning='clamp' is not batched (its bounds differ per "
                                  "problem); use 'pin' or 'penalty', or plan one at a time")
@@ -568,22 +382,13 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
     rows_of = lambda a: np.repeat(a, n_starts, axis=0)  # noqa: E731  problem-major rows
     cost = _cost(tracker, rows_of(refs), rows_of(frames))
     measured_rows = None if measured is None else torch.repeat_interleave(measured, n_starts, 0)
-    f, g = _cost_fns(tracker, cost, measured_rows)
-    lo, hi = tracker._bounds(None)
-    problem = Problem(tracker.manifold, f, g, lower=lo, upper=hi)
+    f, g = tracker.conditioner.cost(cost, measured_rows)
+    problem = Problem(tracker.manifold, f, g, lower=tracker.box[0], upper=tracker.box[1])
     if max_time is not None:
         max_time = max(max_time - (time.perf_counter() - t0), 1e-6)
-    iterations = (tracker.iterations if iterations is None
-                  else check_positive_int(iterations, "iterations"))
-    solver = tracker._make_solver(iterations, None if measured is None else measured[0],
-                                  warm=x0_in is not None, max_time=max_time)
-    if (isinstance(tracker._solver_spec, str) and isinstance(solver, ConditionedDRGD)
-            and measured_rows is not None):
-        # The solver was built for the first problem's past: give every row its own.
-        values = torch.zeros((len(x0), *solver.mask.shape), dtype=tracker.dtype,
-                             device=tracker.device)
-        values[:, : measured.shape[1]] = torch.nan_to_num(measured_rows)
-        solver.values = values
+    # Every row of the solve pins its own problem's measured values.
+    solver = tracker.solvers.build(iterations, measured_rows, warm=x0_in is not None,
+                                   max_time=max_time)
     result = solver.run(problem, initial_point=x0)
     with torch.no_grad():
         # Per problem its best start's final iterate (as a single plan keeps).
@@ -593,13 +398,13 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
         dist = tracker.manifold.dist(x).double().cpu().numpy()
         initial_cost = cost(x0)[best].double().cpu().numpy()
     if refine and tracker.refine_iterations:
-        x = _refine(tracker, x, measured)
+        x = tracker.refinement(x, measured)
     report = (None if tracker.trust is None or not confidence
               else tracker.trust(x, repredict=refine))
     solve_time = time.perf_counter() - t0
     w = tracker.symmetry.act(frames, tracker.normalizer.denormalize(x.double().cpu().numpy()))
-    fut = w[:, tracker.past_length:]
-    u = np.clip(fut[..., : tracker.m], tracker._u_low, tracker._u_high)
+    fut = w[:, tracker.t_ini:]
+    u = np.clip(fut[..., : tracker.m], tracker.input_low, tracker.input_high)
     y = fut[..., tracker.m:]
     e = y[..., tracker.problem.channels] - refs
     qm, rm = tracker.problem.Q_matrix, tracker.problem.R_matrix

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddcontrol._deprecation import renamed_keywords
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import DimensionError
 
@@ -30,14 +31,17 @@ class WindowCost:
     gradient is analytic (the cost is quadratic), so a solver needs no backward pass through it.
     """
 
-    def __init__(self, problem: TrackingProblem, normalizer: Normalizer, past_length: int,
+    @renamed_keywords(past_length="t_ini")
+    def __init__(self, problem: TrackingProblem, normalizer: Normalizer, t_ini: int,
                  start: int, dtype: torch.dtype, device: Any) -> None:
         m, p = problem.input_dim, problem.output_dim
         if normalizer.channels != m + p or normalizer.input_dim != m:
             raise DimensionError(f"normaliser has {normalizer.channels} channels "
                                  f"({normalizer.input_dim} inputs); the problem needs {m + p} "
                                  f"({m} inputs)")
-        self.problem, self.past_length, self.m = problem, int(past_length), m
+        # ``past_length``: the attribute's older name, still read by callers.
+        self.problem, self.t_ini, self.m = problem, int(t_ini), m
+        self.past_length = self.t_ini
         as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
         self.mean, self.std = as_t(normalizer.mean), as_t(normalizer.std)
         self.y_idx = torch.as_tensor([m + c for c in problem.channels], device=device)
@@ -51,7 +55,7 @@ class WindowCost:
                                    dtype=self.mean.dtype, device=self.mean.device)
 
     def _future(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        w = x[:, self.past_length:] * self.std + self.mean
+        w = x[:, self.t_ini:] * self.std + self.mean
         return w[..., : self.m], w[..., self.y_idx] - self.ref
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -63,7 +67,7 @@ class WindowCost:
         """Euclidean gradient w.r.t. the normalised window, shape of x (detached)."""
         u, e = self._future(x.detach())
         g = torch.zeros_like(x)
-        fut = g[:, self.past_length:]
+        fut = g[:, self.t_ini:]
         fut[..., : self.m] = 2.0 * (u @ self.R) * self.std[: self.m]
         fut[..., self.y_idx] = 2.0 * (e @ self.Q) * self.std[self.y_idx]
         return g
@@ -92,7 +96,8 @@ class FramedWindowCost:
         # The frame map's linear part has a norm bounded independently of g: the step size needs
         # no per-plan Jacobian.
         self._lip_factor = symmetry.gain(normalizer) ** 2
-        self.past_length, self.m = cost.past_length, cost.m
+        self.t_ini, self.m = cost.t_ini, cost.m
+        self.past_length = self.t_ini
         self.set_frame(None)
 
     @property

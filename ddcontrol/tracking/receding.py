@@ -1,0 +1,379 @@
+"""The receding horizon: one plan per sample, warm-started from the last, applied one input at a
+time.
+
+The rules (:class:`RecedingHorizon`) are written once, over an :class:`EpisodeState`, and serve
+both the single policy (:class:`RecedingHorizonPolicy`, the base of
+:class:`~ddcontrol.tracking.tracker.DenoisingTracker`) and the batched fleet
+(:func:`ddcontrol.evaluate.fleet.run_fleet`), which solves the plans its K episodes need at a
+step in one batch:
+
+* **reset**: with y_0, the episode's first plan (reference step T_ini) is solved at once, from a
+  cold start, conditioned on y_0 and the warm-up inputs (known in advance), with the full
+  ``iterations``: no control step pays for the cold start.
+* **warm-up** (k < T_ini): the warm-up input is applied; the first plan is re-solved from itself
+  with each new output (``iterations_per_step``, not applied, so no confidence yet).
+* **first planned step** (k = T_ini): continues the first plan.
+* **later steps**: warm start from the previous plan shifted by one sample (its last row
+  repeated, a neutral guess) and moved into the frame of the new measured past (the world frame
+  is fixed); ``iterations_per_step``, within ``step_time_budget``, no refinement (only the first
+  input is applied).
+* **out of distribution**: a plan flagged by the trust estimator is handled by the ``on_ood``
+  policy (warn, hold the last good plan's inputs, ask a fallback controller, or raise).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ddcontrol.data.normalize import Normalizer
+from ddcontrol.errors import ConfigurationError, UnknownNameError
+from ddcontrol.symmetry import WindowSymmetry
+from ddcontrol.tracking.controller import Controller
+from ddcontrol.tracking.measured import measured_block
+from ddcontrol.tracking.problem import TrackingProblem
+from ddcontrol.tracking.reference import Reference, as_reference
+from ddcontrol.trust import ON_OOD_POLICIES, OutOfDistributionError
+
+if TYPE_CHECKING:
+    from ddcontrol.tracking.tracker import PlanResult
+
+__all__ = ["EpisodeState", "StepRequest", "RecedingHorizon", "RecedingHorizonPolicy"]
+
+
+@dataclass(eq=False)
+class EpisodeState:
+    """What one receding-horizon episode keeps between samples.
+
+    ``inputs`` and ``outputs`` are the applied u_0 .. u_{k-1} and measured y_0 .. y_{k-1}; the
+    caller appends y_k and u_k after step k (:meth:`record`; a :class:`RecedingHorizonPolicy`
+    shares its :class:`~ddcontrol.tracking.controller.Controller` lists, which ``act`` fills).
+    """
+
+    inputs: list[np.ndarray] = field(default_factory=list)
+    outputs: list[np.ndarray] = field(default_factory=list)
+    #: The previous plan's window, world frame, physical units.
+    warm: np.ndarray | None = None
+    #: The episode's first plan while the past fills up (solved at reset, refined in warm-up).
+    first_plan: PlanResult | None = None
+    #: (step, inputs) of the last plan that was rated and not flagged.
+    good: tuple[int, np.ndarray] | None = None
+    #: Steps whose plan was flagged out of the data's distribution.
+    flagged: list[int] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        """The current step (samples measured before this one)."""
+        return len(self.outputs)
+
+    def record(self, y: np.ndarray, u: np.ndarray) -> None:
+        """Step k is done: y_k was measured and u_k applied."""
+        self.outputs.append(y)
+        self.inputs.append(u)
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """The plan that step k needs.
+
+    ``warmup``: the warm-up input is applied at this step; the plan, if ``solve``, re-solves
+    the first plan (not applied). ``block`` is the physical measured block (T_ini + 1, C), NaN
+    where not measured; ``start`` the plan's reference step; ``initial_point`` a normalised warm
+    start (None: a cold start); ``iterations`` None for the cold-start default.
+    """
+
+    k: int
+    warmup: bool
+    solve: bool
+    block: np.ndarray | None = None
+    start: int = 0
+    initial_point: np.ndarray | None = None
+    iterations: int | None = None
+
+
+def flag_message(k: int, plan: PlanResult) -> str:
+    """Why step ``k``'s input is not (or not only) its plan's."""
+    return (f"step {k}: plan flagged out of the data's distribution (estimated deviation "
+            f"{plan.estimated_deviation:.3g} > {plan.trust['threshold']:.3g})")
+
+
+class RecedingHorizon:
+    """The rules of the receding horizon (module docstring), over :class:`EpisodeState` s.
+
+    Parameters
+    ----------
+    t_ini, input_dim, output_dim : int
+        T_ini, m and p.
+    warmup_input : ndarray (m,)
+        Applied while fewer than T_ini samples exist (and for a non-finite or held-out input).
+    symmetry : WindowSymmetry
+        Whose frames the plans' windows are in.
+    normalizer : Normalizer
+        The model's normalisation.
+    step_iterations : int or None
+        Iterations of a warm-started step (None: the solver's own).
+    on_ood : str
+        One of ``ON_OOD_POLICIES``.
+    """
+
+    def __init__(self, t_ini: int, input_dim: int, output_dim: int, warmup_input: np.ndarray,
+                 symmetry: WindowSymmetry, normalizer: Normalizer, step_iterations: int | None,
+                 on_ood: str) -> None:
+        if on_ood not in ON_OOD_POLICIES:
+            raise UnknownNameError(f"on_ood must be one of {ON_OOD_POLICIES}, got {on_ood!r}")
+        self.t_ini, self.m, self.p = t_ini, input_dim, output_dim
+        self.warmup_input = warmup_input
+        self.symmetry, self.normalizer = symmetry, normalizer
+        self.step_iterations, self.on_ood = step_iterations, on_ood
+
+    def warmup_block(self, observations: list[np.ndarray]) -> np.ndarray:
+        """The first plan's measured block (T_ini + 1, C) while only y_0 .. y_k (k < T_ini)
+        exist: the warm-up inputs are known in advance, the outputs not measured yet are NaN."""
+        t, m = self.t_ini, self.m
+        block = np.full((t + 1, m + self.p), np.nan)
+        block[:t, :m] = self.warmup_input
+        for i, y in enumerate(observations[: t + 1]):
+            block[i, m:] = y
+        return block
+
+    def first_request(self, y0: np.ndarray) -> StepRequest:
+        """The cold start at reset: the first plan from y_0 (not applied before step T_ini)."""
+        return StepRequest(0, warmup=True, solve=True, block=self.warmup_block([y0]),
+                           start=self.t_ini)
+
+    def request(self, state: EpisodeState, y: np.ndarray) -> StepRequest:
+        """What step ``state.k`` needs, y = y_k measured now. A request that continues the first
+        plan takes it out of ``state``."""
+        k, t, m, p = state.k, self.t_ini, self.m, self.p
+        if k < t:
+            if state.first_plan is not None and k > 0:
+                return StepRequest(k, warmup=True, solve=True,
+                                   block=self.warmup_block([*state.outputs, y]), start=t,
+                                   initial_point=state.first_plan.window,
+                                   iterations=self.step_iterations)
+            return StepRequest(k, warmup=True, solve=False)
+        past_u = np.array(state.inputs[k - t:k]).reshape(t, m)
+        past_y = np.array(state.outputs[k - t:k]).reshape(t, p)
+        block = measured_block(t, m, p, past_u, past_y, y)
+        if state.warm is None and state.first_plan is not None:
+            initial, iterations = state.first_plan.window, self.step_iterations
+            state.first_plan = None
+        elif state.warm is None:  # no reset with an observation: a cold start now
+            initial, iterations = None, None
+        else:
+            initial, iterations = self.shifted(state.warm, block), self.step_iterations
+        return StepRequest(k, warmup=False, solve=True, block=block, start=k,
+                           initial_point=initial, iterations=iterations)
+
+    def shifted(self, previous: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """The previous plan's window (world frame, physical) one sample on, its last row
+        repeated, normalised in the frame of the new measured block's first sample."""
+        shifted = np.concatenate([previous[1:], previous[-1:]], axis=0)
+        g = self.symmetry.frame_of_sample(block[0])
+        return self.normalizer.normalize(self.symmetry.inverse_act(g, shifted))
+
+    def remember(self, state: EpisodeState, plan: PlanResult) -> None:
+        """Keep an applied plan's window (in the world frame) for the next warm start."""
+        state.warm = self.symmetry.act(plan.frame, self.normalizer.denormalize(
+            np.asarray(plan.window, dtype=float)))
+
+    def choose_input(self, state: EpisodeState, k: int, plan: PlanResult,
+                     fallback: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+        """The input u_k (m,) to apply from step k's plan, under the ``on_ood`` policy
+        (``fallback()`` gives the fallback controller's input). Raises
+        :class:`~ddcontrol.trust.OutOfDistributionError` for a flagged plan under "raise"."""
+        u = plan.inputs[0].copy()
+        if plan.ood:
+            u = self.flagged_input(state, k, plan, u, fallback)
+        elif plan.ood is not None:
+            state.good = (k, plan.inputs)
+        if not np.all(np.isfinite(u)):
+            warnings.warn("tracker produced a non-finite input; applying the warm-up input",
+                          RuntimeWarning, stacklevel=4)
+            u = self.warmup_input.copy()
+        return u
+
+    def flagged_input(self, state: EpisodeState, k: int, plan: PlanResult, u: np.ndarray,
+                      fallback: Callable[[], np.ndarray] | None) -> np.ndarray:
+        """The input of flagged step ``k`` instead of (or, under "warn", as) the plan's ``u``;
+        counts the step."""
+        state.flagged.append(k)
+        msg = flag_message(k, plan)
+        if self.on_ood == "raise":
+            raise OutOfDistributionError(msg)
+        if self.on_ood == "fallback":
+            if fallback is None:
+                raise ConfigurationError("on_ood='fallback' needs a fallback controller")
+            return np.asarray(fallback(), dtype=float).reshape(self.m)
+        if self.on_ood == "hold":
+            if state.good is not None and k - state.good[0] < len(state.good[1]):
+                return state.good[1][k - state.good[0]].copy()
+            return self.warmup_input.copy()
+        if len(state.flagged) == 1:  # once per episode; the count has the rest
+            warnings.warn(msg + "; later flagged steps are counted in ood_steps",
+                          RuntimeWarning, stacklevel=5)
+        return u
+
+
+class RecedingHorizonPolicy(Controller):
+    """A receding-horizon controller on the :class:`~ddcontrol.tracking.controller.Controller`
+    base: ``reset``/``act`` by the :class:`RecedingHorizon` rules around a planner.
+
+    Subclasses plan (:meth:`_solve`) and say whether they can cold-start
+    (:meth:`_can_cold_start`); this class keeps the episode, the warm starts, the warm-up, the
+    out-of-distribution policy and the confidence estimates that run in the background (the
+    "warn" policy's: its input does not depend on them, so they are computed while the plant
+    moves).
+
+    Parameters
+    ----------
+    problem : TrackingProblem
+        Reference, weights and input bounds (a reference given as a function of time is sampled
+        over the first horizon for the ``reference`` attribute of the base; plans evaluate the
+        function itself).
+    rules : RecedingHorizon
+    step_time_budget : float, optional
+        Seconds a step's solve may take (None: iteration-limited).
+    trust : callable, optional
+        The trust estimator (its ``on_ood`` policy is ``rules.on_ood``).
+    fallback : controller, optional
+        For ``on_ood="fallback"``: an object with ``act(observation, info)`` (and optionally
+        ``reset(observation, info)``, called by :meth:`reset`).
+    device : torch device of the plan windows (for background estimates).
+    """
+
+    def __init__(self, problem: TrackingProblem, rules: RecedingHorizon, *,
+                 step_time_budget: float | None, trust: Any = None, fallback: Any = None,
+                 device: Any = "cpu") -> None:
+        low = -np.inf if problem.input_low is None else problem.input_low
+        high = np.inf if problem.input_high is None else problem.input_high
+        reference = problem.reference
+        if not isinstance(reference, Reference):
+            reference = as_reference(problem.reference_values(0, problem.horizon),
+                                     problem.output_dim, problem.channels, problem.dt)
+        super().__init__(reference, problem.Q_matrix, problem.R_matrix,
+                         np.broadcast_to(low, (problem.input_dim,)),
+                         np.broadcast_to(high, (problem.input_dim,)))
+        if rules.on_ood == "fallback" and (fallback is None or not callable(
+                getattr(fallback, "act", None))):
+            raise ConfigurationError("on_ood='fallback' needs fallback=<controller with act()>")
+        if trust is not None and not callable(trust):
+            raise TypeError("trust must be a TrustEstimator (callable on plan windows) or None")
+        self.rules, self._step_budget = rules, step_time_budget
+        self.trust, self.fallback, self._device = trust, fallback, device
+        self._executor: ThreadPoolExecutor | None = None  # background confidence estimates
+        self._pending: list[tuple[int, PlanResult, Future]] = []
+        self.reset()
+
+    # -- what a subclass provides --------------------------------------------------------------
+    @abc.abstractmethod
+    def _solve(self, request: StepRequest, *, max_time: float | None, start_t: float,
+               confidence: str) -> PlanResult:
+        """Solve ``request`` (no refinement) within ``max_time`` seconds counted from
+        ``start_t``; ``confidence`` "now" (rate the plan), "later" (leave it to the background)
+        or "none" (a plan that is not applied)."""
+
+    @abc.abstractmethod
+    def _can_cold_start(self) -> bool:
+        """Whether a plan can start without a warm start (candidate windows exist)."""
+
+    # -- the episode ----------------------------------------------------------------------------
+    def reset(self, observation: Any = None, info: dict | None = None) -> None:
+        """Forget the measured history and the warm start (call at the start of an episode).
+
+        With the first observation (y_0) and a cold start available, this also solves the
+        episode's first plan (``iterations``, not time-limited; its time is ``reset_time_s``):
+        the control steps, the first included, then run warm-started solves within
+        ``step_time_budget``.
+        """
+        self._pending.clear()  # a previous episode's estimates are not this one's
+        self.last_plan: PlanResult | None = None
+        self.reset_time_s = 0.0
+        if observation is None:
+            self.k, self.inputs, self.outputs = 0, [], []
+            self.last_solve_time_s = 0.0
+            self._episode = EpisodeState(self.inputs, self.outputs)
+            return
+        super().reset(observation, info)
+
+    def _reset(self, y0: np.ndarray, info: dict[str, Any] | None) -> None:
+        self._episode = EpisodeState(self.inputs, self.outputs)
+        if self._can_cold_start():
+            t0 = time.perf_counter()
+            self._episode.first_plan = self._solve(self.rules.first_request(y0), max_time=None,
+                                                   start_t=t0, confidence="now")
+            self.reset_time_s = time.perf_counter() - t0
+        if self.fallback is not None and callable(getattr(self.fallback, "reset", None)):
+            self.fallback.reset(y0, info)
+
+    def _act(self, y: np.ndarray, info: dict[str, Any] | None) -> np.ndarray:
+        """u_k from y_k: the warm-up input while fewer than T_ini samples exist (refining the
+        first plan with each new output), then the first input of step k's plan."""
+        start_t = time.perf_counter()
+        self._collect_trust()
+        state = self._episode
+        request = self.rules.request(state, y)
+        if request.warmup:
+            if request.solve:
+                state.first_plan = self._solve(request, max_time=self._step_budget,
+                                               start_t=start_t, confidence="none")
+            return self.rules.warmup_input.copy()
+        later = self.rules.on_ood == "warn"
+        plan = self._solve(request, max_time=self._step_budget, start_t=start_t,
+                           confidence="later" if later else "now")
+        if later and self.trust is not None:
+            self._rate_later(request.k, plan)
+        self.rules.remember(state, plan)
+        self.last_plan = plan
+        return self.rules.choose_input(
+            state, request.k, plan,
+            None if self.fallback is None else lambda: self.fallback.act(y, info))
+
+    @property
+    def step_index(self) -> int:
+        """Samples acted on since :meth:`reset` (the base's ``k``)."""
+        return self.k
+
+    @property
+    def first_plan(self) -> PlanResult | None:
+        """The episode's first plan while the measured past fills up (None once applied)."""
+        return self._episode.first_plan
+
+    # -- confidence ------------------------------------------------------------------------------
+    @property
+    def ood_steps(self) -> int:
+        """How many steps of this episode had a flagged plan (every estimate finished first)."""
+        return len(self.flagged_steps)
+
+    @property
+    def flagged_steps(self) -> list[int]:
+        """The steps (sample indices) of this episode whose plan was flagged."""
+        self._collect_trust(wait=True)
+        return list(self._episode.flagged)
+
+    def _rate_later(self, k: int, plan: PlanResult) -> None:
+        """Start the confidence estimate of step ``k``'s plan in the background."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="ddcontrol-trust")
+        x = torch.as_tensor(plan.window, device=self._device)[None]
+        self._pending.append((k, plan, self._executor.submit(self.trust, x, repredict=False)))
+
+    def _collect_trust(self, wait: bool = False) -> None:
+        """Attach the background estimates that have finished (all with ``wait``) to their
+        plans, and count the flagged ones."""
+        while self._pending and (wait or self._pending[0][2].done()):
+            k, plan, future = self._pending.pop(0)
+            report = future.result().item(0)
+            plan.estimated_deviation, plan.ood, plan.trust = (
+                report["estimated_deviation"], report["ood"], report)
+            if plan.ood:
+                self.rules.flagged_input(self._episode, k, plan, plan.inputs[0], None)

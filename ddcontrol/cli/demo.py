@@ -153,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
     ref_fh = make_reference(preset.reference, args.env, window, seed=args.seed + 1, **params)
     fh = finite_horizon_experiment(model, data, ref_fh, horizon=horizon, Q=system.Q,
                                    R=system.R, sigma=system.sigma, solver=system.solver,
-                                   iterations=30 if args.quick else 500, device=args.device)
+                                   iterations=30 if args.quick else 500,
+                                   num_starts=system.num_starts,
+                                   refine_iterations=system.refine_iterations,
+                                   device=args.device)
     from ddcontrol.cli.track import write_plots
 
     write_plots(fh, ref_fh, data, out / "finite_horizon")

@@ -64,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--step-time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="closed loop: stop each step's solve after this many seconds "
                         "(default: the system's fraction of the sampling time, 0.8)")
-    p.add_argument("--starts", type=positive_int, default=1,
-                   help="multi-start from the k best windows")
+    p.add_argument("--starts", type=positive_int, default=None,
+                   help="multi-start from the k best windows (default: the system's, 8)")
     p.add_argument("--Q", type=positive_float, default=None,
                    help="output weight (default: the system's, 1)")
     p.add_argument("--R", type=nonnegative_float, default=None,
@@ -121,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     args.R = sd.R if args.R is None else args.R
     options = {"sigma": sd.sigma if args.sigma is None else args.sigma,
                "sigma_start": args.sigma_start, "solver": args.solver,
-               "iterations": args.iterations, "num_starts": args.starts, "device": args.device}
+               "iterations": args.iterations,
+               "num_starts": sd.num_starts if args.starts is None else args.starts,
+               "refine_iterations": sd.refine_iterations, "device": args.device}
     if args.closed_loop is not None:
         t_ini = model.window_length - horizon
         ref = make_reference(args.reference, env_id, args.closed_loop, **params)

@@ -26,7 +26,10 @@ def _subspace(seed: int = 0, k: int = 12, n: int = 2000):
 
 
 def test_on_subspace_near_zero_off_subspace_large():
-    windows, den, basis = _subspace()
+    # 8 dimensions under 10 pinned inputs: the inputs determine the outputs, as the past and
+    # the inputs do for a plan (with more, the model itself cannot tell the outputs: see
+    # test_reprediction_flags_outputs_the_inputs_do_not_determine).
+    windows, den, basis = _subspace(k=8)
     est = TrustEstimator(den, windows[:1800], held_out=windows[1800:], input_dim=M,
                          dtype=torch.float64)
     gen = torch.Generator().manual_seed(1)
@@ -55,6 +58,29 @@ def _toy_windows(n: int, seed: int) -> np.ndarray:
     for k in range(L - 1):
         y[:, k + 1] = 0.8 * y[:, k] + 0.5 * u[:, k]
     return np.stack([u, y], axis=-1)
+
+
+def test_reprediction_flags_outputs_the_inputs_do_not_determine():
+    # 12 dimensions under 10 pinned inputs (T_ini = 0): a 2-dimensional family of outputs fits
+    # the inputs, the plan's is one guess among them, and the model's own predictions from the
+    # two starts land elsewhere.
+    windows, den, basis = _subspace(k=12)
+    est = TrustEstimator(den, windows[:1800], held_out=windows[1800:], input_dim=M,
+                         dtype=torch.float64)
+    rep = est(windows[1800:1808])
+    assert rep.residual.max() < 1e-3 and rep.estimated_deviation.min() > 0.1
+    assert rep.ood.all()
+
+
+def test_nearest_start_takes_the_outputs_of_the_nearest_training_window():
+    windows, den, _ = _subspace(seed=4, n=600)
+    est = TrustEstimator(den, windows[:500], held_out=windows[500:], input_dim=M,
+                         dtype=torch.float64, max_windows=10_000)
+    plans = windows[:5].clone()
+    plans[..., M:] += 5.0                         # outputs moved, inputs kept
+    start = est._nearest_outputs(plans)
+    assert torch.equal(start[..., :M], plans[..., :M])
+    assert torch.allclose(start[..., M:], windows[:5, :, M:])
 
 
 def test_ood_flag_fires_far_outside_a_toy_dataset_only():

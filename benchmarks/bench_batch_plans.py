@@ -9,8 +9,8 @@ one of three references (the suite's) and a random start step in it. Each proble
 * ``cold``: from the best candidate window, ``--cold-iterations`` iterations;
 * ``warm``: from the cold plan's window, ``iterations_per_step`` iterations (a receding-horizon
   step);
-* ``warm_j5``: the same with the tracker's ``jacobian_every=5`` (pinned rows reused for 4 of 5
-  iterations);
+* ``warm_j5``: the same with the tracker's ``jacobian_every=5`` (the pinned rows computed at 1
+  of 5 iterations; in between only their k x k inverse is reused, directions exact);
 
 all without refinement (as the receding horizon plans), with the trust estimate's cheap
 measures, and a fixed iteration count (no time budget), either one :meth:`DenoisingTracker.plan`
@@ -24,26 +24,31 @@ problems planned both ways, the largest difference of the planned inputs (physic
 windows (normalised) and predicted costs (relative), with both sets of costs; then the same
 comparison for ``--check64`` problems with model and tracker in float64.
 
-Run (the recorded figures; a 2-core machine shared with other jobs, load average 3.0-3.7, one
-torch thread; 336 s)::
+Run (the recorded figures; a 2-core machine shared with other jobs, load average 3.2-4.6, one
+torch thread; 196 s)::
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_batch_plans.py
 
 writes ``benchmarks/results/batch_plans.json``. Recorded, plans per CPU second (speedup over
-sequential):
+sequential); one start per plan (``num_starts=1``; the system defaults' 8 cold starts would
+multiply every cold batch by 8), ``warm_j5`` with this session's chord iterations (the rows'
+k x k inverse reused, directions exact)::
 
-    system    mode     iters  sequential  K=1         K=16         K=64          K=256
-    unicycle  cold     30      3.1        3.9 (1.2x)  16.9 (5.4x)   19.2 (6.1x)   19.6 (6.2x)
-    unicycle  warm     20     10.0        7.9 (0.8x)  25.2 (2.5x)   30.1 (3.0x)   29.7 (3.0x)
-    unicycle  warm_j5  20     16.7       10.4 (0.6x)  62.3 (3.7x)   80.0 (4.8x)   80.2 (4.8x)
-    msd       cold     30     15.2       16.1 (1.1x)  75.9 (5.0x)   97.8 (6.4x)   93.7 (6.2x)
-    msd       warm     20     22.8       20.1 (0.9x) 109.9 (4.8x)  114.9 (5.0x)  111.9 (4.9x)
-    msd       warm_j5  20     16.5       17.1 (1.0x) 104.3 (6.3x)  144.5 (8.7x)  202.0 (12.2x)
+    system    mode     iters  sequential  K=1         K=16          K=64          K=256
+    unicycle  cold     30      5.0        7.4 (1.5x)  24.0 (4.8x)   27.6 (5.5x)   24.2 (4.8x)
+    unicycle  warm     20     15.2       14.7 (1.0x)  40.1 (2.6x)   36.9 (2.4x)   34.3 (2.3x)
+    unicycle  warm_j5  20     20.0       19.6 (1.0x)  71.7 (3.6x)   82.8 (4.2x)   84.8 (4.3x)
+    msd       cold     30     17.0       15.8 (0.9x)  77.1 (4.5x)   91.0 (5.3x)   96.9 (5.7x)
+    msd       warm     20     25.7       25.8 (1.0x) 121.2 (4.7x)  124.9 (4.9x)  126.4 (4.9x)
+    msd       warm_j5  20     23.0       21.2 (0.9x) 149.0 (6.5x)  168.1 (7.3x)  185.4 (8.0x)
 
 (unicycle: 30,000 candidates, 40 pinned coordinates; msd: 11,000 and 11; solver "nesterov".
 Single K = 1 rates scatter by ±30 % between runs on this machine.) The issue's target, 10x the
-sequential rate at K = 64 on a CPU, is not reached: 3-6x for every-iteration-exact solves,
-4.8-8.7x with ``jacobian_every=5`` (12.2x at K = 256 on the msd). A conditioned iteration is
+sequential rate at K = 64 on a CPU, is not reached: 2.4-5.5x for every-iteration-exact solves,
+4.2-7.3x with ``jacobian_every=5`` (8.0x at K = 256 on the msd; the previous session's figures,
+with the older chord that reused the rows themselves, were 4.8-8.7x).
+Single plans got faster too (the unicycle's warm plan 10 -> 15 plans/s), which lowers the
+ratios. A conditioned iteration is
 bound by the VJPs of the pinned coordinates' Jacobian rows, K · (k + 1) backward rows for k
 pinned coordinates: one plan already fills the core with its k + 1 rows (unicycle, the
 denoiser's forward and VJPs of one iteration, CPU time: 2.4 ms at K = 1 and 83 ms at K = 64 with
@@ -114,9 +119,12 @@ def _problems(data: TrajectoryDataset, t_ini: int, horizon: int, n: int, seed: i
             "ref": rng.integers(0, 3, n), "start": rng.integers(0, REF_STEPS - horizon, n)}
 
 
+def _jacobian_every(mode: str) -> int:
+    """The tracker setting of ``mode`` (settings are fixed per tracker: one set per mode)."""
+    return 5 if mode == "warm_j5" else 1
+
+
 def _options(mode: str, trackers: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    for tr in trackers:
-        tr.jacobian_every = 5 if mode == "warm_j5" else 1
     its = args.cold_iterations if mode == "cold" else trackers[0].iterations_per_step
     return {"iterations": its, "refine": False}
 
@@ -148,9 +156,15 @@ def bench_system(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(MODELS / spec["model"], device=args.device, dataset=data)
     refs = [make_reference(r, env, REF_STEPS, **p) for r, p in spec["references"]]
     opts = d.tracker_options(refs[0].dt)
-    opts.update(step_time_budget=None, device=args.device)
-    trackers = [make_controller("denoising", env, ref, d.Q, d.R, horizon=d.horizon, data=data,
-                                model=model, options=opts) for ref in refs]
+    # One start per plan: the benchmark compares one plan's solve batched and alone.
+    opts.update(step_time_budget=None, device=args.device, num_starts=1)
+
+    def build(every: int) -> list[Any]:
+        return [make_controller("denoising", env, ref, d.Q, d.R, horizon=d.horizon, data=data,
+                                model=model, options={**opts, "jacobian_every": every})
+                for ref in refs]
+
+    trackers = build(1)
     tracker = trackers[0]
     problems = batch_problems(tracker, refs)
     sizes = sorted(args.sizes)
@@ -168,6 +182,10 @@ def bench_system(name: str, args: argparse.Namespace) -> dict[str, Any]:
                            "warm_iterations": tracker.iterations_per_step, "modes": {}}
     warm = cold_windows = None
     for mode in MODES:
+        if _jacobian_every(mode) != trackers[0].jacobian_every:
+            trackers = build(_jacobian_every(mode))
+            tracker = trackers[0]
+            problems = batch_problems(tracker, refs)
         run_opts = _options(mode, trackers, args)
         if mode == "warm":
             # Every problem's cold plan (from the largest batch) is its warm start.
@@ -213,8 +231,6 @@ def bench_system(name: str, args: argparse.Namespace) -> dict[str, Any]:
               f"{row['equal_to_sequential']['max_abs_input_diff']:.2e}, max rel cost diff "
               f"{row['equal_to_sequential']['max_rel_cost_diff']:.2e}", flush=True)
         out["modes"][mode] = row
-    for tr in trackers:
-        tr.jacobian_every = 1
     if args.check64:
         out["float64_check"] = _check64(model, data, refs, env, d, prob, cold_windows, args)
     return out
@@ -229,12 +245,15 @@ def _check64(model: Any, data: TrajectoryDataset, refs: list[Any], env: str, d: 
     model64 = copy.deepcopy(model)
     model64.denoiser.double()
     opts = d.tracker_options(refs[0].dt)
-    opts.update(step_time_budget=None, device=args.device, dtype=torch.float64, trust=None)
-    trackers = [make_controller("denoising", env, ref, d.Q, d.R, horizon=d.horizon, data=data,
-                                model=model64, options=opts) for ref in refs]
-    problems = batch_problems(trackers[0], refs)
+    opts.update(step_time_budget=None, device=args.device, dtype=torch.float64, trust=None,
+                num_starts=1)
     n, out = args.check64, {}
     for mode in MODES:
+        trackers = [make_controller("denoising", env, ref, d.Q, d.R, horizon=d.horizon,
+                                    data=data, model=model64,
+                                    options={**opts, "jacobian_every": _jacobian_every(mode)})
+                    for ref in refs]
+        problems = batch_problems(trackers[0], refs)
         run_opts = _options(mode, trackers, args)
         warm = None if mode == "cold" else cold_windows
         _, seq = _sequential(trackers, prob, n, run_opts, warm)

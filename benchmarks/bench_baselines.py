@@ -249,7 +249,7 @@ def _guided_window_problem(model: Any, data: TrajectoryDataset, problem: Any, t_
                    lower=torch.as_tensor(lo, dtype=torch.float32),
                    upper=torch.as_tensor(hi, dtype=torch.float32))
     if t_ini == 0:
-        cands = data.windows(L, stride=data.horizon)
+        cands = data.windows(L, stride=data.length)
         mask = values = None
     else:
         cands = data.windows(L, stride=max(1, L // 4))

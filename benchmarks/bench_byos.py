@@ -151,7 +151,7 @@ def run_system(name: str, setup: dict[str, Any], *, quick: bool, out: Path) -> d
                               warmup_steps=min(200, s["train_steps"] // 10), val_every=0,
                               checkpoint_every=0, progress=False), data)
     t_train = time.perf_counter() - t0
-    print(f"{name}: collected {data.num_trajectories} x {data.horizon} in {t_collect:.0f} s "
+    print(f"{name}: collected {data.num_trajectories} x {data.length} in {t_collect:.0f} s "
           f"(replay check {check['max_output_error']:.3g}), trained in {t_train:.0f} s",
           flush=True)
 
@@ -209,7 +209,7 @@ def run_system(name: str, setup: dict[str, Any], *, quick: bool, out: Path) -> d
                      "goals": g})
     return {
         "env": s["env"], "task": ref.name, "setup": {k: v for k, v in s.items()},
-        "data": {"trajectories": data.num_trajectories, "length": data.horizon,
+        "data": {"trajectories": data.num_trajectories, "length": data.length,
                  "state_source": data.metadata["state_source"],
                  "dropped_episodes": data.metadata["dropped_episodes"],
                  "replay_check_max_output_error": check["max_output_error"]},

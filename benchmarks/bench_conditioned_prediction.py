@@ -76,7 +76,7 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     for i in range(args.plans):
         traj = int(rng.integers(held.num_trajectories))
-        k = int(rng.integers(t_ini, held.horizon - n_h))
+        k = int(rng.integers(t_ini, held.length - n_h))
         target = held.y[traj, k:k + n_h] + _offset(rng, n_h, held.output_dim,
                                                    args.offset * y_std)
         ref = Reference(target, tuple(range(held.output_dim)), held.output_dim, held.dt)

@@ -191,7 +191,7 @@ def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: 
     the cost of the best training window (same start) for each reference (B,)."""
     m, norm = model.input_dim, model.normalizer
     cost = BatchCost(refs, norm.mean, norm.std, m, channels)
-    cand = torch.as_tensor(norm.normalize(data.windows(model.window_length, data.horizon)),
+    cand = torch.as_tensor(norm.normalize(data.windows(model.window_length, data.length)),
                            dtype=torch.float32)
     with torch.no_grad():
         scores = torch.stack([BatchCost(r[None], norm.mean, norm.std, m, channels)(cand)

@@ -29,6 +29,11 @@ def warn_renamed(where: str, old: str, new: str, *, stacklevel: int = 3) -> None
                   DeprecationWarning, stacklevel=stacklevel)
 
 
+def warn_renamed_attribute(owner: str, old: str, new: str) -> None:
+    """Warn that attribute ``owner.old`` is deprecated in favour of ``owner.new``."""
+    warnings.warn(f"{owner}.{old} is deprecated, use .{new}", DeprecationWarning, stacklevel=3)
+
+
 def renamed_keywords(**renames: str) -> Callable[[F], F]:
     """Decorator: accept each old keyword ``old=new`` of ``renames`` under its new name.
 

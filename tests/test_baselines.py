@@ -220,7 +220,7 @@ def test_best_window_is_the_brute_force_minimum(linear_data):
     ref = make_reference("random", MIMO, 12, seed=2)
     best = best_window(data, ref, Q, R, stride=3)
     brute = [(tracking_cost(data.u[i, s:s + 12], data.y[i, s:s + 12], ref, Q, R), i, s)
-             for i in range(5) for s in range(0, data.horizon - 12 + 1, 3)]
+             for i in range(5) for s in range(0, data.length - 12 + 1, 3)]
     cost, i, s = min(brute)
     assert (best.trajectory, best.start) == (i, s)
     assert best.cost == pytest.approx(cost, rel=1e-12)

@@ -56,7 +56,7 @@ def base_args(command: str, root: Path, out: Path) -> list[str]:
     """A valid command line that runs in about a second (demo: never run unmodified here)."""
     data, model = str(root / "msd.npz"), str(root / "model")
     return {
-        "generate": ["generate", "--env", MSD, "--trajectories", "3", "--horizon", "5",
+        "generate": ["generate", "--env", MSD, "--trajectories", "3", "--length", "5",
                      "--out", str(out / "d.npz"), "--quiet"],
         "train": ["train", "--data", data, "--out", str(out / "m"), "--window", "5",
                   "--steps", "2", "--width", "16", "--depth", "1", "--emb-dim", "16",

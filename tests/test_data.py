@@ -175,11 +175,11 @@ def test_dataset_validates_shapes():
 def test_cli_generate(tmp_path, capsys):
     out = tmp_path / "msd.npz"
     rc = main(["generate", "--env", "ddcontrol/MassSpringDamper-v0", "--trajectories", "7",
-               "--horizon", "12", "--out", str(out), "--seed", "4", "--excitation", "prbs",
+               "--length", "12", "--out", str(out), "--seed", "4", "--excitation", "prbs",
                "--quiet"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     d = TrajectoryDataset.load(out)
-    assert (d.num_trajectories, d.horizon) == (7, 12)
+    assert (d.num_trajectories, d.length) == (7, 12)
     assert d.metadata["excitation"] == "prbs" and d.metadata["seed"] == 4
     assert main(["generate", "--env", "ddcontrol/Nope-v0", "--trajectories", "1",
-                 "--horizon", "3", "--out", str(tmp_path / "x.npz"), "--quiet"]) == 1
+                 "--length", "3", "--out", str(tmp_path / "x.npz"), "--quiet"]) == 1

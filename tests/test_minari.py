@@ -78,4 +78,4 @@ def test_ragged_minari_episodes_need_truncate():
     with pytest.raises(DimensionError, match="ragged lengths: the episodes have 5 to 7 steps"):
         from_minari("ddcontrol/ragged-v0")
     cut = from_minari("ddcontrol/ragged-v0", truncate=True)
-    assert cut.horizon == 5 and cut.metadata["simulator"] == "none"
+    assert cut.length == 5 and cut.metadata["simulator"] == "none"

@@ -125,14 +125,14 @@ def test_damaged_or_foreign_shards_are_named(msd: TrajectoryDataset, tmp_path: P
 def test_generate_streams_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "uni"
     assert main(["generate", "--env", "ddcontrol/Unicycle-v0", "--trajectories", "11",
-                 "--horizon", "12", "--shard-size", "4", "--out", str(out), "--quiet"]) == 0
+                 "--length", "12", "--shard-size", "4", "--out", str(out), "--quiet"]) == 0
     assert "3 shards" in capsys.readouterr().out
     data = ShardedDataset.open(out, verify=True)
-    assert (len(data), data.horizon, data.num_shards) == (11, 12, 3)
+    assert (len(data), data.length, data.num_shards) == (11, 12, 3)
     assert data.metadata["env_id"] == "ddcontrol/Unicycle-v0" and data.metadata["seed"] == 0
     # The same seed and shard size give the same data; each shard is one seeded collect.
     again = tmp_path / "again"
-    main(["generate", "--env", "ddcontrol/Unicycle-v0", "--trajectories", "11", "--horizon",
+    main(["generate", "--env", "ddcontrol/Unicycle-v0", "--trajectories", "11", "--length",
           "12", "--shard-size", "4", "--out", str(again), "--quiet"])
     assert ShardedDataset.open(again).fingerprint() == data.fingerprint()
     np.testing.assert_array_equal(ShardedDataset.open(again).read(np.arange(11))[0],

@@ -52,7 +52,7 @@ def test_from_arrays_validation_errors():
     with pytest.raises(DimensionError, match="ragged lengths.*#0: 10, #1: 9"):
         TrajectoryDataset.from_arrays([u[0], u[1, :9]], [y[0], y[1, :9]])
     cut = TrajectoryDataset.from_arrays([u[0], u[1, :9]], [y[0], y[1, :9]], truncate=True)
-    assert cut.horizon == 9
+    assert cut.length == 9
     bad = y.copy()
     bad[2, 4, 0] = np.nan
     with pytest.raises(NonFiniteError, match="experiment 2, sample 4, channel 'y0'"):
@@ -117,7 +117,7 @@ def test_csv_validation_errors(tmp_path):
     with pytest.raises(DimensionError, match="ragged lengths"):
         TrajectoryDataset.from_csv([path, short], inputs="a", outputs="b")
     assert TrajectoryDataset.from_csv([path, short], inputs="a", outputs="b",
-                                      truncate=True).horizon == 4
+                                      truncate=True).length == 4
     (tmp_path / "cells.csv").write_text("a,b\n1,2\n3\n")
     with pytest.raises(DataFormatError, match="line 3: 1 cells, the header has 2"):
         TrajectoryDataset.from_csv(tmp_path / "cells.csv", inputs="a", outputs="b")

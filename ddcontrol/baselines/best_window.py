@@ -74,14 +74,14 @@ def window_costs(data: Any, reference: Reference, Q: Any, R: Any, length: int | 
     if data.output_dim != reference.output_dim:
         raise DimensionError(f"data have {data.output_dim} outputs, the reference is for "
                              f"{reference.output_dim}")
-    length = min(reference.steps, data.horizon) if length is None else check_positive_int(
+    length = min(reference.steps, data.length) if length is None else check_positive_int(
         length, "length")
-    if length > data.horizon:
+    if length > data.length:
         raise ConfigurationError(f"window length {length} exceeds the trajectory length "
-                                 f"{data.horizon}")
+                                 f"{data.length}")
     stride = check_positive_int(stride, "stride")
     chunk = check_positive_int(chunk, "chunk")
-    starts = np.arange(0, data.horizon - length + 1, stride)
+    starts = np.arange(0, data.length - length + 1, stride)
     idx = starts[:, None] + np.arange(length)[None, :]
     r = reference.window(0, length)
     costs = np.empty((data.num_trajectories, starts.size))
@@ -101,7 +101,7 @@ def best_window(data: Any, reference: Reference, Q: Any, R: Any, length: int | N
     BestWindow
     """
     costs = window_costs(data, reference, Q, R, length, stride)
-    length = min(reference.steps, data.horizon) if length is None else length
+    length = min(reference.steps, data.length) if length is None else length
     traj, j = np.unravel_index(int(np.argmin(costs)), costs.shape)
     start = int(j * stride)
     sl = slice(start, start + length)

@@ -107,7 +107,7 @@ def _csv_dataset(args: argparse.Namespace) -> Any:
     if (out / "checkpoint.pt").exists() and not (args.resume or args.overwrite):
         return data  # train() refuses the existing checkpoint; leave its dataset alone
     data.save(out / "data.npz")
-    print(f"{args.data}: {data.num_trajectories} experiment(s) of {data.horizon} samples, "
+    print(f"{args.data}: {data.num_trajectories} experiment(s) of {data.length} samples, "
           f"inputs {data.metadata['input_names']}, outputs {data.metadata['output_names']}, "
           f"dt {data.dt:g} s -> {out / 'data.npz'}")
     return data

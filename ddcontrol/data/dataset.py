@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ddcontrol._deprecation import warn_renamed_attribute
 from ddcontrol._io import atomic_write
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import (
@@ -105,8 +106,9 @@ class TrajectoryDataset:
 
     @property
     def horizon(self) -> int:
-        """The old name of :attr:`length` (kept as an alias; "horizon" is the planning horizon)."""
-        return int(self.u.shape[1])
+        """Deprecated name of :attr:`length` ("horizon" is the planning horizon)."""
+        warn_renamed_attribute("TrajectoryDataset", "horizon", "length")
+        return self.length
 
     @property
     def input_dim(self) -> int:
@@ -133,18 +135,18 @@ class TrajectoryDataset:
 
     def __repr__(self) -> str:
         return (f"TrajectoryDataset(env={self.metadata.get('env_id')!r}, N={self.num_trajectories}, "
-                f"T={self.horizon}, m={self.input_dim}, p={self.output_dim})")
+                f"T={self.length}, m={self.input_dim}, p={self.output_dim})")
 
     # -- windows ------------------------------------------------------------------------------
     def _starts(self, length: int, stride: int) -> np.ndarray:
         if not isinstance(length, (int, np.integer)) or length < 1:
             raise ConfigurationError(f"window length must be a positive integer, got {length!r}")
-        if length > self.horizon:
+        if length > self.length:
             raise ConfigurationError(f"window length {length} exceeds the trajectory length "
-                                     f"{self.horizon}")
+                                     f"{self.length}")
         if not isinstance(stride, (int, np.integer)) or stride < 1:
             raise ConfigurationError(f"stride must be a positive integer, got {stride!r}")
-        return np.arange(0, self.horizon - length + 1, stride)
+        return np.arange(0, self.length - length + 1, stride)
 
     def windows(self, length: int, stride: int = 1, normalized: bool = False) -> np.ndarray:
         """All windows of ``length`` steps, channels ``(u, y)``.

@@ -169,7 +169,7 @@ def to_minari(data: Any, dataset_id: str, *, author: str | None = None,
                                  "minari.delete_dataset or choose another id")
     meta = data.metadata
     obs_final = meta.get("state_source") == "observations" and data.x.shape[2] == data.output_dim
-    steps = data.horizon if obs_final else data.horizon - 1
+    steps = data.length if obs_final else data.length - 1
     if steps < 1:
         raise ConfigurationError("a dataset without a final observation needs T >= 2 to export")
     seeds = meta.get("episode_seeds") or [None] * data.num_trajectories

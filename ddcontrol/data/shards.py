@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ddcontrol._deprecation import warn_renamed_attribute
 from ddcontrol._io import atomic_write
 from ddcontrol._validation import check_positive_int
 from ddcontrol.data.dataset import TrajectoryDataset, _json_default
@@ -138,7 +139,7 @@ class ShardWriter:
     def add(self, u: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
         """Append trajectories u (n, T, m), y (n, T, p), x (n, T + 1, n_x)."""
         data = TrajectoryDataset(u, y, x)  # validates shapes and finiteness
-        dims = (data.horizon, data.input_dim, data.output_dim, data.state_dim)
+        dims = (data.length, data.input_dim, data.output_dim, data.state_dim)
         if self._dims is None:
             self._dims = dims
             self._moments = _RunningMoments(data.channels)
@@ -315,8 +316,9 @@ class ShardedDataset:
 
     @property
     def horizon(self) -> int:
-        """The old name of :attr:`length` (kept as an alias)."""
-        return int(self.manifest["horizon"])
+        """Deprecated name of :attr:`length` ("horizon" is the planning horizon)."""
+        warn_renamed_attribute("ShardedDataset", "horizon", "length")
+        return self.length
 
     @property
     def input_dim(self) -> int:
@@ -347,7 +349,7 @@ class ShardedDataset:
 
     def __repr__(self) -> str:
         return (f"ShardedDataset({str(self.path)!r}, env={self.metadata.get('env_id')!r}, "
-                f"N={self.num_trajectories}, T={self.horizon}, shards={self.num_shards})")
+                f"N={self.num_trajectories}, T={self.length}, shards={self.num_shards})")
 
     def fingerprint(self) -> str:
         """SHA-256 (16 hex digits) of the shards' contents and the environment, from the
@@ -363,8 +365,8 @@ class ShardedDataset:
         if index.size and (index.min() < 0 or index.max() >= self.num_trajectories):
             raise ConfigurationError(f"trajectory index out of range [0, "
                                      f"{self.num_trajectories})")
-        uy = np.empty((index.size, self.horizon, self.channels))
-        x = np.empty((index.size, self.horizon + 1, self.state_dim)) if states else None
+        uy = np.empty((index.size, self.length, self.channels))
+        x = np.empty((index.size, self.length + 1, self.state_dim)) if states else None
         shard_of, row = np.divmod(index, self.shard_size)
         for s in np.unique(shard_of):
             sel = np.flatnonzero(shard_of == s)
@@ -452,12 +454,12 @@ class ShardWindows:
                  device: Any = "cpu") -> None:
         length = check_positive_int(length, "window length")
         stride = check_positive_int(stride, "stride")
-        if length > data.horizon:
+        if length > data.length:
             raise ConfigurationError(f"window length {length} exceeds the trajectory length "
-                                     f"{data.horizon}")
+                                     f"{data.length}")
         self.data, self.length = data, length
         self.trajectories = np.asarray(trajectories, dtype=np.int64)
-        self.starts = np.arange(0, data.horizon - length + 1, stride)
+        self.starts = np.arange(0, data.length - length + 1, stride)
         self.normalizer, self.symmetry, self.device = normalizer, symmetry, device
         self.shape = (self.trajectories.size * self.starts.size, length, data.channels)
 

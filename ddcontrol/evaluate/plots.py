@@ -37,7 +37,7 @@ def plot_dataset(dataset: TrajectoryDataset, path: str | Path, num_trajectories:
     names_y = dataset.metadata.get("output_names") or [f"y{i}" for i in range(dataset.output_dim)]
     rows = dataset.input_dim + dataset.output_dim
     fig, axes = _figure(rows)
-    t = np.arange(dataset.horizon) * dataset.dt
+    t = np.arange(dataset.length) * dataset.dt
     k = min(num_trajectories, dataset.num_trajectories)
     for c in range(rows):
         ax = axes[c, 0]

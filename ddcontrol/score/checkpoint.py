@@ -145,9 +145,9 @@ class TrainedModel:
                 f"this model was trained on windows with m={self.input_dim} inputs and "
                 f"p={self.output_dim} outputs{system}, the dataset has m={dataset.input_dim}, "
                 f"p={dataset.output_dim}")
-        if dataset.horizon < self.window_length:
+        if dataset.length < self.window_length:
             raise CheckpointError(f"model windows are {self.window_length} steps long, dataset "
-                                  f"trajectories only {dataset.horizon}")
+                                  f"trajectories only {dataset.length}")
 
 
 def _plain(obj: Any) -> Any:

@@ -67,7 +67,7 @@ linearisation is not stabilisable). Then, merged::
         suite_unicycle_deepc-tuned_s0 suite_unicycle_deepc-tuned_s1_s2 \
         suite_denoising_v2_pendulum suite_denoising_v2_unicycle suite_denoising_v2_msd \
         suite_denoising_v2_coupled suite_denoising_v3_pendulum suite_denoising_v3_unicycle \
-        suite_denoising_v3_linear
+        suite_denoising_v3_linear suite_denoising_v4_msd
 
 The denoising rows of the merged table are the ``suite_denoising_v2_<system>`` runs (session 4
 code: cold start in ``reset``, explicit VJPs; every default, i.e. a per-step budget of 0.45 dt on
@@ -78,7 +78,8 @@ iteration-limited ``suite_denoising_*`` rows (last file named wins). The pendulu
 unicycle's are in turn replaced by ``suite_denoising_v3_<system>`` (session 5 defaults: 8 cold
 starts at ``reset``, the pendulum's σ 0.05, the unicycle's chord iterations
 ``jacobian_every=5``), made the same way, and the linear systems' by
-``suite_denoising_v3_linear`` (``--systems msd coupled --train-steps 4000``).
+``suite_denoising_v3_linear`` (``--systems msd coupled --train-steps 4000``); the
+mass-spring-damper's then by ``suite_denoising_v4_msd`` (its σ default 0.05 -> 0.2).
 
 With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
 budget_check_unicycle``. Ablation without the symmetry: ``--symmetry none --results

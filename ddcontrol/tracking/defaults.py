@@ -96,8 +96,11 @@ class SystemDefaults:
 GENERIC = SystemDefaults()
 
 SYSTEM_DEFAULTS: dict[str, SystemDefaults] = {
+    # σ 0.2: in the σ sweep (benchmarks/bench_sigma.py, iteration-limited, 3 references) the
+    # closed loop cost 1.051x / 1.032x the oracle at σ 0.2 against 1.199x / 1.106x at 0.05
+    # (seeds 0 / 1): this model's projection is unreliable at small σ.
     "ddcontrol/MassSpringDamper-v0": SystemDefaults(
-        window=30, t_ini=5, sigma=0.05, R=0.01, reference="random", excitation="gaussian",
+        window=30, t_ini=5, sigma=0.2, R=0.01, reference="random", excitation="gaussian",
         excitation_params={"bandwidth": 1.0, "amplitude": 0.4}),
     "ddcontrol/CoupledMasses-v0": SystemDefaults(
         window=30, t_ini=6, sigma=0.05, R=0.01, reference="random", excitation="gaussian",

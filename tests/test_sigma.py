@@ -80,7 +80,7 @@ def test_checkpoint_stores_the_selection_and_old_checkpoints_still_load(tmp_path
     data = collect("ddcontrol/MassSpringDamper-v0", 12, 12, seed=0)
     cfg = TrainConfig(out=str(tmp_path), window=6, steps=3, batch_size=8, width=16, depth=1,
                       emb_dim=8, progress=False, val_every=0, checkpoint_every=0,
-                      warmup_steps=1)
+                      warmup_steps=1, select_sigma=False)  # a checkpoint without a σ
     train(cfg, data)
     old = load_model(tmp_path)
     assert old.sigma is None and old.sigma_selection is None
@@ -101,4 +101,99 @@ def test_checkpoint_stores_the_selection_and_old_checkpoints_still_load(tmp_path
     chosen = DenoisingTracker.from_model(old, prob, data, sigma="auto", trust=None)
     assert chosen.sigma in (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
     with pytest.raises(ConfigurationError):
-        DenoisingTracker(new.denoiser, new.normalizer, prob, past_length=2, sigma="auto")
+        DenoisingTracker(new.denoiser, new.normalizer, prob, t_ini=2, sigma="auto")
+
+
+def _tiny_config(out, **kw):
+    from ddcontrol.score import TrainConfig
+
+    return TrainConfig(out=str(out), window=8, steps=4, batch_size=8, width=16, depth=1,
+                       emb_dim=8, progress=False, val_every=0, checkpoint_every=0,
+                       warmup_steps=1, **kw)
+
+
+def test_training_stores_the_selected_sigma_without_changing_the_weights(tmp_path):
+    import json
+
+    from ddcontrol.data import collect
+    from ddcontrol.score import load_model, train
+    from ddcontrol.score.sigma import AUTO_CRITERION, SIGMA_GRID, auto_sigma_selection
+    from ddcontrol.tracking import DenoisingTracker, TrackingProblem
+
+    data = collect("ddcontrol/MassSpringDamper-v0", 20, 16, seed=0)
+    returned = train(_tiny_config(tmp_path / "with"), data)
+    train(_tiny_config(tmp_path / "without", select_sigma=False), data)
+    model = load_model(tmp_path / "with")
+    bare = load_model(tmp_path / "without")
+    assert bare.sigma is None
+    assert model.sigma in SIGMA_GRID and returned.sigma == model.sigma
+    sel = model.sigma_selection
+    assert sel["criterion"] == AUTO_CRITERION and len(sel["errors"]) == len(SIGMA_GRID)
+    assert sel["sigma"] == SIGMA_GRID[int(np.argmin(sel["errors"]))] or (
+        min(sel["errors"]) == sel["errors"][SIGMA_GRID.index(sel["sigma"])])
+    # The mass-spring-damper's tracker pins T_ini = 5 steps (ddcontrol.tracking.defaults).
+    assert sel["past_length"] == 5
+    # The selection does not touch the trained weights, nor the rest of the checkpoint.
+    for a, b in zip(model.denoiser.state_dict().values(), bare.denoiser.state_dict().values()):
+        assert torch.equal(a, b)
+    # The σ stored is the one the held-out trajectories give (what the benchmark recomputes
+    # for checkpoints written before training stored one).
+    _, held = data.split(0.9, seed=0)
+    again = auto_sigma_selection(bare, held)
+    assert again.sigma == model.sigma
+    np.testing.assert_allclose(again.errors, sel["errors"], rtol=1e-5)
+    log = [json.loads(x) for x in (tmp_path / "with" / "log.jsonl").read_text().splitlines()]
+    assert log[-2]["event"] == "sigma" and log[-2]["sigma"] == model.sigma
+    assert log[-1]["event"] == "done"  # still the last line of a finished run
+    # sigma="auto" takes the stored σ (no dataset needed).
+    prob = TrackingProblem(np.zeros((10, 1)), 3, 1, 1, input_low=-5, input_high=5)
+    tracker = DenoisingTracker.from_model(model, prob, None, sigma="auto")
+    assert tracker.sigma == model.sigma
+
+
+def test_no_held_out_data_no_sigma(tmp_path):
+    from ddcontrol.data import collect
+    from ddcontrol.score import load_model, train
+
+    data = collect("ddcontrol/MassSpringDamper-v0", 6, 16, seed=1)
+    train(_tiny_config(tmp_path, val_fraction=0.0), data)
+    assert load_model(tmp_path).sigma is None
+
+
+def test_pick_sigma_prefers_a_basin_to_a_cliff_edge():
+    from ddcontrol.score.sigma import pick_sigma
+
+    cliff = [0.10, 0.05, 0.04, 0.035, 0.20]  # least error right next to a jump
+    assert pick_sigma(cliff, "argmin") == 3
+    assert pick_sigma(cliff, "robust") == 2
+    falling = [0.3, 0.2, 0.15, 0.12]
+    assert pick_sigma(falling, "robust") == pick_sigma(falling, "argmin") == 3
+    assert pick_sigma([0.2, 0.1, 0.1, 0.1], "argmin") == 3  # ties: the larger σ
+    assert pick_sigma([np.inf, np.nan, 0.5], "robust") == 2
+    assert pick_sigma([np.inf, np.inf], "robust") == 1
+    with pytest.raises(ConfigurationError):
+        pick_sigma([0.1, 0.2], "nearest")
+
+
+def test_statistic_is_the_median_or_mean_of_the_per_window_errors():
+    from ddcontrol.score.sigma import conditioned_prediction_error
+
+    w, den = _linear_system_windows(400, 3)
+    den = _NoisyAtSmallSigma(den)
+    x = torch.as_tensor(w[:16])
+    one = torch.zeros(M + P, dtype=torch.float64)
+    per = [conditioned_prediction_error(den, x, s, input_dim=M, t_ini=3, std=one + 1,
+                                        mean=one).numpy() for s in GRID]
+    med = select_sigma_windows(den, w[:16], input_dim=M, t_ini=3, grid=GRID,
+                               dtype=torch.float64)
+    avg = select_sigma_windows(den, w[:16], input_dim=M, t_ini=3, grid=GRID,
+                               dtype=torch.float64, statistic="mean", rule="argmin")
+    np.testing.assert_allclose(med.errors, [np.median(e) for e in per], rtol=1e-9)
+    np.testing.assert_allclose(avg.errors, [np.mean(e) for e in per], rtol=1e-9)
+    assert med.criterion == "conditioned-median-robust"
+    assert avg.criterion == "conditioned-mean-argmin"
+    assert avg.sigma == GRID[int(np.argmin(avg.errors))]
+    with pytest.raises(ConfigurationError):
+        select_sigma_windows(den, w[:4], input_dim=M, t_ini=3, statistic="max")
+    with pytest.raises(ConfigurationError):
+        select_sigma_windows(den, w[:4], input_dim=M, t_ini=3, rule="min")

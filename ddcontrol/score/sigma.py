@@ -5,9 +5,15 @@ projection, if the network learned it there) against reliability (a learned deno
 where its training σ had little weight, and a large σ pulls towards the data's bulk). The data
 can arbitrate: for held-out windows, pin what a plan pins (the measured past and the future
 inputs), let the projection at σ fill in the future outputs, and compare with the outputs that
-were actually measured. :func:`select_sigma` returns the σ of a grid with the least of that
-held-out conditioned prediction error, ‖y_pred − y‖ / ‖y‖ (physical units, the replay
-deviation's scale).
+were actually measured. :func:`select_sigma` scores each σ of a grid by that held-out
+conditioned prediction error, ‖y_pred − y‖ / ‖y‖ (physical units, the replay deviation's scale;
+the median over the windows), and returns the σ whose worst score among itself and its grid
+neighbours is least (:func:`pick_sigma`: a σ inside a good basin, not at a cliff's edge).
+
+Training stores that choice in the checkpoint (:func:`auto_sigma_selection_windows`, with the
+T_ini the tracker uses on the system), and ``sigma="auto"`` uses it. On the closed-loop suite
+(``benchmarks/bench_sigma.py``) it stays within 5 % of the best σ of a sweep 0.02-0.3 on the
+four systems; see that benchmark's results for the figures.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from ddcontrol.solvers.conditioned import ConditionedDRGD
 
 __all__ = ["SIGMA_GRID", "SigmaSelection", "conditioned_prediction",
            "conditioned_prediction_error", "select_sigma", "select_sigma_windows", "store_sigma",
-           "resolve_sigma"]
+           "resolve_sigma", "auto_sigma_selection", "auto_sigma_selection_windows",
+           "AUTO_CRITERION"]
 
 SIGMA_GRID = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
 """Default candidate σ (normalised units), log-spaced over 0.02-0.3."""
@@ -59,6 +66,7 @@ class SigmaSelection:
     errors: tuple[float, ...]
     past_length: int
     windows: int
+    criterion: str = "conditioned-median-robust"
 
     @property
     def t_ini(self) -> int:
@@ -68,7 +76,8 @@ class SigmaSelection:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (the form stored in checkpoints)."""
         return {"sigma": self.sigma, "grid": list(self.grid), "errors": list(self.errors),
-                "past_length": self.past_length, "windows": self.windows}
+                "past_length": self.past_length, "windows": self.windows,
+                "criterion": self.criterion}
 
 
 def _initial_guess(x: Tensor, t_ini: int, m: int) -> Tensor:
@@ -135,17 +144,53 @@ def conditioned_prediction_error(denoiser: Any, windows: Tensor, sigma: float, *
     return err / ref.clamp_min(1e-12)
 
 
+STATISTICS = ("median", "mean")
+"""How :func:`select_sigma_windows` sums up the per-window errors at one σ."""
+RULES = ("robust", "argmin")
+"""How :func:`select_sigma_windows` picks σ from the errors on the grid."""
+
+
+def criterion_name(statistic: str, rule: str) -> str:
+    """The name a selection records for its criterion (e.g. ``conditioned-median-robust``)."""
+    return f"conditioned-{statistic}-{rule}"
+
+
+def pick_sigma(errors: Any, rule: str = "robust") -> int:
+    """Index of the chosen σ on a grid sorted ascending, from the error at each grid point.
+
+    ``argmin``: the least error. ``robust``: the least error over the grid point and its two
+    neighbours (the worst of the three): a σ inside a good basin rather than at the edge of a
+    cliff, where the closed loop is fragile (on the double pendulum, seed 0, the mean errors at
+    σ = 0.1 / 0.15 / 0.2 were 0.041 / 0.038 / 0.084, the least at 0.15 next to the jump, and
+    the closed loop cost 1.01x / 1.33x / 5.8x the best σ's; ``benchmarks/bench_sigma.py``).
+    Ties go to the larger σ (the more conservative projection).
+    """
+    err = np.asarray(errors, dtype=float)
+    err = np.where(np.isnan(err), np.inf, err)  # a diverged prediction counts as the worst
+    if rule == "robust":
+        err = np.array([err[max(0, i - 1): i + 2].max() for i in range(len(err))])
+    elif rule != "argmin":
+        raise ConfigurationError(f"rule must be one of {RULES}, got {rule!r}")
+    if not np.isfinite(err).any():
+        return len(err) - 1
+    return int(np.flatnonzero(err <= err.min() * (1 + 1e-9))[-1])
+
+
 @renamed_keywords(past_length="t_ini")
 def select_sigma_windows(denoiser: Any, windows: Any, *, input_dim: int,
                          t_ini: int = 0, mean: Any = None, std: Any = None,
                          grid: tuple[float, ...] = SIGMA_GRID, iterations: int = 20,
                          max_windows: int = 128, seed: int = 0,
                          device: str | torch.device = "cpu",
-                         dtype: torch.dtype = torch.float32) -> SigmaSelection:
+                         dtype: torch.dtype = torch.float32, statistic: str = "median",
+                         rule: str = "robust") -> SigmaSelection:
     """:func:`select_sigma` on normalised held-out windows (H, L, m + p) and a bare denoiser.
 
-    ``mean``/``std`` (m + p,) are the normalisation (identity if omitted). The selected σ is the
-    grid point of least mean error; ties go to the larger σ (the more conservative projection).
+    ``mean``/``std`` (m + p,) are the normalisation (identity if omitted). The error at each σ
+    of the (sorted) grid is the ``statistic`` over the windows of the relative conditioned
+    prediction error (``median``: the typical window, insensitive to the few windows with
+    near-zero outputs or a diverged solve that dominate the ``mean`` at small σ); σ is picked
+    from them by ``rule`` (:func:`pick_sigma`).
     ``t_ini``: the measured past pinned with the inputs (``past_length=`` is its deprecated name).
     """
     w = as_finite_array(windows, "windows", ndim=3)
@@ -156,9 +201,13 @@ def select_sigma_windows(denoiser: Any, windows: Any, *, input_dim: int,
     t = check_positive_int(t_ini, "t_ini", allow_zero=True)
     if t >= length:
         raise DimensionError(f"t_ini {t} leaves no future in windows of {length} steps")
-    grid = tuple(float(s) for s in grid)
+    grid = tuple(sorted(float(s) for s in grid))
     if not grid or any(not (s > 0 and np.isfinite(s)) for s in grid):
         raise ConfigurationError(f"grid must hold positive finite σ values, got {grid}")
+    if statistic not in STATISTICS:
+        raise ConfigurationError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    if rule not in RULES:
+        raise ConfigurationError(f"rule must be one of {RULES}, got {rule!r}")
     check_positive_int(iterations, "iterations")
     k = check_positive_int(max_windows, "max_windows")
     if h > k:
@@ -173,17 +222,18 @@ def select_sigma_windows(denoiser: Any, windows: Any, *, input_dim: int,
     for s in grid:
         e = conditioned_prediction_error(denoiser, x, s, input_dim=m, t_ini=t,
                                          std=std_t, mean=mean_t, iterations=iterations)
-        errors.append(float(torch.nan_to_num(e, nan=np.inf).mean()))
-    err = np.array(errors)
-    best = int(np.flatnonzero(err <= err.min() * (1 + 1e-9))[-1])
+        e = torch.nan_to_num(e, nan=np.inf).double().cpu().numpy()
+        errors.append(float(np.median(e) if statistic == "median" else e.mean()))
+    best = pick_sigma(errors, rule)
     return SigmaSelection(sigma=grid[best], grid=grid, errors=tuple(errors), past_length=t,
-                          windows=int(x.shape[0]))
+                          windows=int(x.shape[0]), criterion=criterion_name(statistic, rule))
 
 
 @renamed_keywords(past_length="t_ini")
 def select_sigma(model: Any, held_out: Any, *, t_ini: int | None = None,
                  grid: tuple[float, ...] = SIGMA_GRID, iterations: int = 20,
-                 max_windows: int = 128, seed: int = 0) -> SigmaSelection:
+                 max_windows: int = 128, seed: int = 0, statistic: str = "median",
+                 rule: str = "robust") -> SigmaSelection:
     """Pick the projection σ of a trained model from held-out trajectories.
 
     Parameters
@@ -202,6 +252,8 @@ def select_sigma(model: Any, held_out: Any, *, t_ini: int | None = None,
         Gauss-Newton pulls per prediction.
     max_windows : int
         Held-out windows used (a seeded subsample).
+    statistic, rule : str
+        The criterion (:func:`select_sigma_windows`, :func:`pick_sigma`).
 
     Returns
     -------
@@ -219,7 +271,60 @@ def select_sigma(model: Any, held_out: Any, *, t_ini: int | None = None,
     return select_sigma_windows(model.denoiser, windows, input_dim=model.input_dim,
                                 t_ini=t, mean=model.normalizer.mean,
                                 std=model.normalizer.std, grid=grid, iterations=iterations,
+                                max_windows=max_windows, seed=seed, device=device,
+                                statistic=statistic, rule=rule)
+
+
+AUTO_CRITERION = criterion_name("median", "robust")
+"""Name of the criterion :func:`auto_sigma_selection` uses (stored with the selection, so that a
+benchmark can tell a selection made by an older criterion)."""
+
+
+def _default_t_ini(model: Any) -> int:
+    """The T_ini the tracker uses on the model's system by default (a third of the window for a
+    system without its own settings or a window too short for them)."""
+    from ddcontrol.tracking.defaults import SYSTEM_DEFAULTS
+
+    length = int(model.window_length)
+    d = SYSTEM_DEFAULTS.get(getattr(model, "env_id", None) or "")
+    return d.t_ini if d is not None and 0 < d.t_ini < length else length // 3
+
+
+def auto_sigma_selection_windows(model: Any, windows: Any, *, t_ini: int | None = None,
+                                 max_windows: int = 64, seed: int = 0) -> SigmaSelection:
+    """The selection training stores in the checkpoint (what ``sigma="auto"`` then uses), on
+    held-out ``windows`` (N, L, C) in the model's frame and normalised units (training's
+    validation windows).
+
+    :func:`select_sigma_windows` with the T_ini the tracker uses on the model's system by
+    default (:mod:`ddcontrol.tracking.defaults`; a third of the window otherwise) on a seeded
+    subsample of ``max_windows`` windows.
+    """
+    t = _default_t_ini(model) if t_ini is None else t_ini
+    device = next(iter(model.denoiser.parameters())).device if hasattr(
+        model.denoiser, "parameters") else "cpu"
+    w = windows.detach().cpu().numpy() if isinstance(windows, Tensor) else windows
+    return select_sigma_windows(model.denoiser, w, input_dim=model.input_dim, t_ini=t,
+                                mean=model.normalizer.mean, std=model.normalizer.std,
                                 max_windows=max_windows, seed=seed, device=device)
+
+
+def auto_sigma_selection(model: Any, held_out: Any, *, t_ini: int | None = None,
+                         max_windows: int = 64, seed: int = 0) -> SigmaSelection:
+    """:func:`auto_sigma_selection_windows` on the trajectories ``held_out`` (those training
+    held out), windowed as training windows its validation data (stride and evenly spread
+    subsample of the model's training configuration): the σ a training run stores."""
+    cfg = getattr(model, "config", {}) or {}
+    stride = int(cfg.get("stride", 1))
+    if hasattr(model, "model_windows"):  # the model's frame (canonical with a symmetry)
+        w = model.model_windows(held_out, stride)
+    else:
+        w = model.normalizer.normalize(held_out.windows(model.window_length, stride))
+    cap = int(cfg.get("val_windows", 2048))
+    if w.shape[0] > cap:  # the evenly spread subsample of training's validation windows
+        w = w[np.linspace(0, w.shape[0] - 1, cap).astype(int)]
+    return auto_sigma_selection_windows(model, w, t_ini=t_ini, max_windows=max_windows,
+                                        seed=seed)
 
 
 def store_sigma(path_or_dir: str | os.PathLike, selection: SigmaSelection) -> Path:
@@ -264,4 +369,4 @@ def resolve_sigma(model: Any, dataset: Any = None, *, t_ini: int | None = None) 
     held = dataset
     if 0.0 < frac < 1.0 and dataset.num_trajectories >= 2:
         _, held = dataset.split(1.0 - frac, seed=int(cfg.get("seed", 0)))
-    return select_sigma(model, held, t_ini=t_ini).sigma
+    return auto_sigma_selection(model, held, t_ini=t_ini).sigma

@@ -118,6 +118,9 @@ class TrainConfig:
                          "auto (what the data's system declares), none or planar",
                          ("auto", "none", "planar"))
     seed: int = _opt(0, "seed of initialisation, split, batches and noise")
+    select_sigma: bool = _opt(True, "at the end, choose the projection σ from the held-out "
+                              "windows and store it in the checkpoint (what sigma='auto' uses; "
+                              "a few seconds, the weights are unchanged)")
     device: str = _opt("cpu", "cpu or cuda (or cuda:N)")
     num_threads: int | None = _opt(None, "torch CPU threads (None: torch's default, less the "
                                    "cores other jobs keep busy, at least 1)")
@@ -133,7 +136,7 @@ class TrainConfig:
 # Fields that may differ between a run and its resumption; every other field defines the run.
 _RUNTIME_FIELDS = frozenset({"data", "out", "steps", "device", "num_threads", "resume",
                              "overwrite", "progress", "log_every", "checkpoint_every",
-                             "val_every", "nproc", "dist_timeout"})
+                             "val_every", "nproc", "dist_timeout", "select_sigma"})
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -263,7 +266,7 @@ def _model_spec(cfg: TrainConfig, dataset: TrajectoryDataset, sigma_data: float)
 
 def _held_out(val: TrajectoryDataset | None, cfg: TrainConfig, device: torch.device,
               symmetry: WindowSymmetry, normalizer: Normalizer) -> Tensor | None:
-    if val is None or val.horizon < cfg.window:
+    if val is None or val.length < cfg.window:
         return None
     w = normalizer.normalize(symmetry.windows(val, cfg.window, cfg.stride))
     if w.shape[0] > cfg.val_windows:  # evenly spread, deterministic subsample
@@ -372,9 +375,9 @@ def train(config: TrainConfig, dataset: TrajectoryDataset | ShardedDataset | Non
             raise ConfigurationError("give a dataset or config.data (path to a .npz dataset or "
                                      "a shard directory)")
         dataset = load_dataset(cfg.data)
-    if dataset.horizon < cfg.window:
+    if dataset.length < cfg.window:
         raise ConfigurationError(f"window {cfg.window} is longer than the trajectories "
-                                 f"({dataset.horizon} steps)")
+                                 f"({dataset.length} steps)")
     if _dist.context_from_env() is not None:
         return _train_distributed(cfg, dataset, callback)
     cfg, saved = _prepare(cfg, dataset)
@@ -636,9 +639,11 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
             (out / LOG_NAME).unlink(missing_ok=True)  # overwrite: start a fresh log
     log = _Logger(out)
 
+    extra: dict[str, Any] = {}  # sigma_selection, once made
+
     def payload() -> dict[str, Any]:
         return {**run.state(), "normalizer": normalizer.to_dict(),
-                "metadata": {**metadata, "val": run.val}}
+                "metadata": {**metadata, "val": run.val}, **extra}
 
     def checkpoint() -> None:
         if ckpt_path is not None:
@@ -707,8 +712,30 @@ def _run(cfg: TrainConfig, dataset: TrajectoryDataset, saved: dict[str, Any] | N
     if not stopped:
         validate()
     checkpoint()
-    log({"event": "stopped" if stopped else "done", "step": run.step,
-         "time_s": round(time.perf_counter() - t0, 3)})
+    elapsed = round(time.perf_counter() - t0, 3)  # training time (the selection is logged apart)
+    model = model_from_payload(payload(), device)
+    if cfg.select_sigma and not (stopped or flag.stop) and main and val_windows is not None:
+        # σ for sigma="auto" from the held-out windows, with the EMA weights as saved (a copy:
+        # the trained weights and the training state are untouched). The checkpoint is saved
+        # first, so that an interruption here loses no training.
+        from ddcontrol.score.sigma import auto_sigma_selection_windows
+
+        t_sel = time.perf_counter()
+        try:
+            selection = auto_sigma_selection_windows(model, val_windows)
+        except (DDControlError, RuntimeError, ValueError) as exc:
+            warnings.warn(f"no σ stored: the selection from the held-out windows failed "
+                          f"({type(exc).__name__}: {exc}); sigma='auto' will select one "
+                          "from the dataset", stacklevel=3)
+        else:
+            extra["sigma_selection"] = selection.as_dict()
+            model.sigma_selection = selection.as_dict()
+            checkpoint()
+            log({"event": "sigma", "sigma": selection.sigma, "grid": list(selection.grid),
+                 "errors": list(selection.errors), "t_ini": selection.t_ini,
+                 "windows": selection.windows,
+                 "time_s": round(time.perf_counter() - t_sel, 3)})
+    log({"event": "stopped" if stopped else "done", "step": run.step, "time_s": elapsed})
     if flag.stop:
         raise TrainingInterrupted(run.step, None if ckpt_path is None else str(ckpt_path))
-    return model_from_payload(payload(), device)
+    return model

@@ -25,6 +25,7 @@ Run (the recorded results)::
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -72,6 +73,9 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     opts = d.tracker_options(held.dt)
     opts.pop("step_time_budget")  # each plan here is a cold start, iteration-limited
+    opts.update(args.set)
+    opts["sigma"] = (d.resolve_sigma(model, data) if opts["sigma"] == "auto"
+                     else float(opts["sigma"]))
     candidates = model.model_windows(data, max(1, model.window_length // 4))
     t0 = time.perf_counter()
     for i in range(args.plans):
@@ -107,7 +111,8 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
     devs = np.array([r["deviation"] for r in rows])
     out: dict[str, Any] = {
         "env_id": env, "plans": len(rows), "t_ini": t_ini, "horizon": n_h,
-        "median_deviation": float(np.median(devs)), "p90_deviation": float(np.quantile(devs, 0.9)),
+        "sigma": opts["sigma"], "median_deviation": float(np.median(devs)),
+        "p90_deviation": float(np.quantile(devs, 0.9)),
         "worst_deviation": float(devs.max()), "seconds": time.perf_counter() - t0,
         "model_steps": model.metadata.get("step"),
         "symmetry": model.symmetry.to_spec(), "rows": rows}
@@ -130,12 +135,21 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="tracker options over the system defaults (values are Python "
+                        "literals), for experiments; written with the results")
+    p.add_argument("--results", default="conditioned_prediction",
+                   help="name of the JSON under benchmarks/results/")
     args = p.parse_args()
+    try:
+        args.set = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    except (ValueError, SyntaxError) as exc:
+        p.error(f"--set takes KEY=VALUE with a Python literal value: {exc}")
     torch.set_num_threads(args.threads)
-    path = RESULTS / "conditioned_prediction.json"
+    path = RESULTS / f"{args.results}.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc.update({"command": "python benchmarks/bench_conditioned_prediction.py "
-                + " ".join(sys.argv[1:]), "targets": TARGETS})
+                + " ".join(sys.argv[1:]), "targets": TARGETS, **({"options": args.set} if args.set else {})})
     for system in args.systems:
         res = run_system(system, args)
         doc[system] = res

@@ -57,6 +57,7 @@ from ddcontrol.score.sigma import (  # noqa: E402
     conditioned_prediction_error,
     criterion_name,
     pick_sigma,
+    plan_tracking_error,
     store_sigma,
 )
 from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
@@ -227,7 +228,8 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     return {"per_seed": out, "per_system": systems}
 
 
-CRITERIA = [(st, rule) for st in ("mean", "median") for rule in ("argmin", "robust")]
+CRITERIA = [(st, rule, plan) for plan in (False, True) for st in ("mean", "median")
+            for rule in ("argmin", "robust")]
 
 
 def criteria(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,12 +267,20 @@ def criteria(args: argparse.Namespace) -> dict[str, Any]:
                 per = [conditioned_prediction_error(model.denoiser, x, s, input_dim=model.input_dim,
                                                     t_ini=t, std=std, mean=mean).tolist()
                        for s in SIGMA_GRID]
+                t1 = time.perf_counter()
+                d = system_defaults(SYSTEMS[system]["env"])
+                plan = [plan_tracking_error(model.denoiser, x, s, input_dim=model.input_dim,
+                                            t_ini=t, std=std, mean=mean, Q=d.Q, R=d.R).tolist()
+                        for s in SIGMA_GRID]
                 crit["models"][key] = {"grid": list(SIGMA_GRID), "t_ini": t, "windows": n,
-                                       "per_window_errors": per,
-                                       "time_s": time.perf_counter() - t0}
+                                       "Q": d.Q, "R": d.R, "per_window_errors": per,
+                                       "per_window_plan_errors": plan,
+                                       "prediction_s": t1 - t0,
+                                       "plan_s": time.perf_counter() - t1}
                 atomic_write(out, lambda fh: fh.write(json.dumps(crit).encode()))
             entry = crit["models"][key]
-            per = np.nan_to_num(np.array(entry["per_window_errors"]), nan=np.inf)
+            pred = np.nan_to_num(np.array(entry["per_window_errors"]), nan=np.inf)
+            both = pred + np.nan_to_num(np.array(entry["per_window_plan_errors"]), nan=np.inf)
             table = sweep.get(key, {}).get("per_sigma", {})
             cost = {float(k): v["total_cost"] for k, v in table.items()
                     if v["total_cost"] is not None}
@@ -281,10 +291,11 @@ def criteria(args: argparse.Namespace) -> dict[str, Any]:
             ratios = [cost[g] / best for g in SIGMA_GRID]
             stat = {"mean": lambda e: e.mean(1), "median": lambda e: np.median(e, 1)}
             rng = np.random.default_rng(1)
-            subsets = {k: [rng.choice(per.shape[1], k, replace=False) for _ in range(200)]
-                       for k in (64, 32) if k < per.shape[1]}
+            subsets = {k: [rng.choice(pred.shape[1], k, replace=False) for _ in range(200)]
+                       for k in (64, 32) if k < pred.shape[1]}
             picks = {}
-            for st, rule in CRITERIA:
+            for st, rule, with_plan in CRITERIA:
+                per = both if with_plan else pred
                 errors = stat[st](per)
                 i = pick_sigma(errors, rule)
                 row = {"errors": errors.tolist(), "sigma": SIGMA_GRID[i],
@@ -293,11 +304,11 @@ def criteria(args: argparse.Namespace) -> dict[str, Any]:
                     r = [ratios[pick_sigma(stat[st](per[:, idx]), rule)] for idx in subs]
                     row[f"within_5pct_{k}w"] = float(np.mean(np.array(r) <= 1.05))
                     row[f"worst_{k}w"] = float(max(r))
-                picks[criterion_name(st, rule)] = row
+                picks[criterion_name(st, rule, with_plan)] = row
             entry["picks"] = picks
             entry["cost_over_best"] = {str(g): cost[g] / best for g in SIGMA_GRID}
     summary = {}
-    for name in (criterion_name(st, rule) for st, rule in CRITERIA):
+    for name in (criterion_name(*c) for c in CRITERIA):
         rows = {k: e["picks"][name] for k, e in crit["models"].items() if e.get("picks")}
         if rows:
             summary[name] = {"models": len(rows),
@@ -350,6 +361,12 @@ def plot(path: Path, png: Path) -> None:
                     i = sel["criterion_grid"].index(float(auto))
                     ax_e.plot([auto], [sel["criterion_errors"][i]], "*", ms=16, color=color,
                               mec="k")
+                parts = sel.get("auto_selection", {})
+                if parts.get("prediction_errors"):  # the two terms of the criterion alone
+                    ax_e.plot(sel["criterion_grid"], parts["prediction_errors"], "--",
+                              color=color, lw=0.9)
+                    ax_e.plot(sel["criterion_grid"], parts["plan_errors"], ":", color=color,
+                              lw=0.9)
         ax_c.set_title(system)
         ax_c.set_xscale("log")
         ax_c.set_yscale("log")
@@ -357,11 +374,16 @@ def plot(path: Path, png: Path) -> None:
         ax_c.legend(fontsize=7)
         ax_r.grid(alpha=0.3, which="both")
         ax_e.grid(alpha=0.3, which="both")
+        ax_e.set_yscale("log")
         ax_e.set_xlabel("σ (normalised units)")
+        for ax in (ax_c, ax_r, ax_e):  # the grid's values, not crowded log-scale minor labels
+            ax.set_xticks(list(SIGMA_GRID), [f"{g:g}" for g in SIGMA_GRID], fontsize=7)
+            ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
         if j == 0:
             ax_c.set_ylabel("closed-loop cost / oracle\n(sum of 3 references)")
             ax_r.set_ylabel("RMS tracking error\n(mean of 3 references)")
-            ax_e.set_ylabel("held-out conditioned\nprediction error")
+            ax_e.set_ylabel(f"held-out criterion ({AUTO_CRITERION.split('-')[-2]})\n"
+                            "— sum, -- prediction, : plan")
     fig.suptitle("Closed loop (200 steps, iteration-limited) against the projection σ; "
                  "★ the data-selected σ", fontsize=10)
     fig.tight_layout()

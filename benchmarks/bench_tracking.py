@@ -33,6 +33,7 @@ delete a folder to retrain (the recorded models had 18-20 minutes for the paper 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -91,8 +92,11 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
-def dataset_and_model(name: str, minutes: float, device: str) -> tuple[TrajectoryDataset, Any]:
-    """Generate (once) the dataset and train (once) the model of setup ``name``."""
+def dataset_and_model(name: str, minutes: float, device: str, steps: int | None = None
+                      ) -> tuple[TrajectoryDataset, Any]:
+    """Generate (once) the dataset and train (once) the model of setup ``name``: ``steps``
+    training steps, or as many as fit ``minutes`` (timed on a probe, so fewer on a busy
+    machine)."""
     s = SETUPS[name]
     folder = MODELS / name
     data_path = folder / "data.npz"
@@ -107,8 +111,9 @@ def dataset_and_model(name: str, minutes: float, device: str) -> tuple[Trajector
         return data, load_model(folder, device=device, dataset=data)
     cfg = TrainConfig(out=str(folder), window=s["window"], device=device, overwrite=True,
                       **s.get("train", {}))
-    cfg.steps = steps_for_budget(cfg, data, minutes)
-    print(f"training {name}: {cfg.steps} steps (~{minutes} min)", flush=True)
+    cfg.steps = steps if steps is not None else steps_for_budget(cfg, data, minutes)
+    print(f"training {name}: {cfg.steps} steps" + ("" if steps is not None else
+                                                    f" (~{minutes} min)"), flush=True)
     train(cfg, data)
     return data, load_model(folder, device=device, dataset=data)
 
@@ -158,7 +163,7 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
                                   ("unicycle-paper", "figure-eight", 2500)):
         if args.systems and name.split("-")[0] not in args.systems:
             continue
-        data, model = dataset_and_model(name, args.minutes, args.device)
+        data, model = dataset_and_model(name, args.minutes, args.device, args.train_steps)
         env = SETUPS[name]["env"]
         ref = make_reference(ref_name, env, 100)
         default = args.sigma or PAPER_SIGMA[name]
@@ -169,7 +174,7 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
                                             sigma=sigma, sigma_start=args.sigma_start,
                                             solver=args.solver or "drgd",
                                             iterations=args.iterations or iters,
-                                            device=args.device)
+                                            device=args.device, **args.tracker_set)
             s = res.summary
             sweep.append(s)
             print(f"{name} σ={sigma:g}: predicted {s['predicted_cost']:.4g}  replay "
@@ -297,6 +302,11 @@ def main() -> None:
                         choices=["linear", "paper", "closed-loop", "conditioning"])
     parser.add_argument("--systems", nargs="*", help="subset: pendulum unicycle msd")
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    parser.add_argument("--tracker-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="paper experiment: more DenoisingTracker options (Python literals)")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="training steps per model (instead of --minutes; the same model "
+                             "on a busy machine)")
     parser.add_argument("--references", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--solver", default=None,
@@ -321,6 +331,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.tracker_set = {k: ast.literal_eval(v)
+                        for k, v in (kv.split("=", 1) for kv in args.tracker_set)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if args.experiment == "linear":

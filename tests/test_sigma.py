@@ -102,6 +102,15 @@ def test_checkpoint_stores_the_selection_and_old_checkpoints_still_load(tmp_path
     assert chosen.sigma in (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
     with pytest.raises(ConfigurationError):
         DenoisingTracker(new.denoiser, new.normalizer, prob, t_ini=2, sigma="auto")
+    # "auto" is the default: without a sigma the stored one is used; with neither a stored σ
+    # nor a dataset to select from, the constructor's.
+    assert DenoisingTracker.from_model(new, prob, data, trust=None).sigma == sel.sigma
+    assert DenoisingTracker.from_model(old, prob, None).sigma == 0.05
+    from ddcontrol.tracking.defaults import system_defaults
+
+    sd = system_defaults("ddcontrol/MassSpringDamper-v0")
+    assert sd.sigma == "auto" and sd.resolve_sigma(new) == sel.sigma
+    assert sd.tracker_options(0.1)["sigma"] == "auto"
 
 
 def _tiny_config(out, **kw):
@@ -197,3 +206,34 @@ def test_statistic_is_the_median_or_mean_of_the_per_window_errors():
         select_sigma_windows(den, w[:4], input_dim=M, t_ini=3, statistic="max")
     with pytest.raises(ConfigurationError):
         select_sigma_windows(den, w[:4], input_dim=M, t_ini=3, rule="min")
+
+
+def test_plans_reach_reachable_references_and_fall_short_as_sigma_grows():
+    from ddcontrol.score.sigma import plan_tracking_error
+
+    w, den = _linear_system_windows(400, 0)
+    x = torch.as_tensor(w[:32])
+    one = torch.ones(M + P, dtype=torch.float64)
+    med = [float(plan_tracking_error(den, x, s, input_dim=M, t_ini=3, std=one, mean=0 * one,
+                                     Q=1.0, R=1e-4).median()) for s in GRID]
+    # The reference (the window's own future outputs) is reachable: at small σ the exact
+    # projection's plan tracks it; a larger σ shrinks plans towards the data's mean.
+    assert med[0] < 1e-3
+    assert np.all(np.diff(med) > 0) and med[-1] > 10 * med[0]
+
+
+def test_selection_with_the_plan_term():
+    w, den = _linear_system_windows(400, 0)
+    exact = select_sigma_windows(den, w[:32], input_dim=M, t_ini=3, grid=GRID,
+                                 dtype=torch.float64, plan=(1.0, 1e-4))
+    assert exact.sigma == GRID[0]
+    assert exact.criterion == "conditioned-plan-median-robust"
+    d = exact.as_dict()
+    assert len(d["plan_errors"]) == len(d["prediction_errors"]) == len(GRID)
+    assert all(p > 0 for p in d["plan_errors"])
+    # A net unreliable at small σ: both terms say so, the selection moves to larger σ.
+    noisy = select_sigma_windows(_NoisyAtSmallSigma(den), w[:32], input_dim=M, t_ini=3,
+                                 grid=GRID, dtype=torch.float64, plan=(1.0, 1e-4))
+    assert noisy.sigma > GRID[1]
+    with pytest.raises(ConfigurationError):
+        select_sigma_windows(den, w[:4], input_dim=M, t_ini=3, plan=(0.0, 0.01))

@@ -189,6 +189,7 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
 
     class Model:  # the smallest thing make_tracker accepts: a closed-form denoiser
         window_length, input_dim, output_dim = 8, 2, 5
+        sigma = 0.15  # as if training had stored a selected σ: the default "auto" takes it
         symmetry = symmetry_for(data.metadata, 2)
         normalizer = symmetry.fit_normalizer(symmetry.windows(data, 8), 2)
         denoiser = EmpiricalDenoiser(torch.tensor(normalizer.normalize(symmetry.windows(data, 8)),
@@ -204,13 +205,16 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     assert ref.values.shape == (30, 2) and np.allclose(ref.values[0], 0.0)
     tracker = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                               model=Model())
-    assert tracker.sigma == d.sigma and tracker.solver_name == d.solver
+    assert d.sigma == "auto" and tracker.sigma == 0.15 and tracker.solver_name == d.solver
     # The unicycle's default is no per-step budget (quality first; see defaults.py).
     assert d.step_time_fraction is None and tracker.step_time_budget is None
     # 8 cold starts everywhere; chord iterations on the unicycle only (measured per system).
     assert tracker.num_starts == d.num_starts == 8
     assert tracker.jacobian_every == d.jacobian_every == 5
     assert system_defaults("ddcontrol/DoublePendulum-v0").jacobian_every == 1
+    # The finite-horizon refinement: the system's iterations, at the plan's σ by default.
+    assert tracker.refine_iterations == d.refine_iterations == 30
+    assert tracker.refine_sigma == tracker.sigma and tracker.config.damping == d.damping
     assert isinstance(tracker.symmetry, PlanarSymmetry)
     tuned = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                             model=Model(), options={"sigma": 0.2, "step_time_budget": 0.02})

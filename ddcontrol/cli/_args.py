@@ -37,6 +37,12 @@ positive_int = _int_at_least(1)
 nonnegative_int = _int_at_least(0)
 
 
+def sigma_value(text: str) -> float | str:
+    """argparse ``type=`` for a projection σ: ``auto`` (the σ training selected and stored) or a
+    finite number > 0 (normalised units)."""
+    return "auto" if text.strip().lower() == "auto" else positive_float(text)
+
+
 def positive_float(text: str) -> float:
     """argparse ``type=`` for finite numbers > 0 (weights, σ, time budgets)."""
     try:

@@ -16,6 +16,7 @@ from ddcontrol.cli._args import (
     positive_float,
     positive_int,
     set_threads,
+    sigma_value,
 )
 from ddcontrol.data import TrajectoryDataset
 from ddcontrol.errors import ConfigurationError, UnknownNameError
@@ -60,8 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="input weight (default: the system's, e.g. 0.01)")
     p.add_argument("--warmup", type=nonnegative_int, default=None,
                    help="unscored warm-up samples with zero input (default: T_ini)")
-    p.add_argument("--sigma", type=positive_float, default=None,
-                   help="tracker σ (normalised units; default: the system's)")
+    p.add_argument("--sigma", type=sigma_value, default=None,
+                   help="tracker σ (normalised units, or 'auto': the σ training selected from "
+                        "held-out data; default: the system's, auto)")
     p.add_argument("--iterations-per-step", type=positive_int, default=None,
                    help="tracker solver iterations per step (default: the system's, 20)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the tracker's model)")

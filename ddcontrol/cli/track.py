@@ -19,6 +19,7 @@ from ddcontrol.cli._args import (
     positive_float,
     positive_int,
     set_threads,
+    sigma_value,
 )
 from ddcontrol.data import TrajectoryDataset
 from ddcontrol.errors import ConfigurationError
@@ -54,8 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="closed loop: iterations per receding-horizon step (default: the "
                         "system's, 20)")
     p.add_argument("--solver", default="nesterov", choices=SOLVERS)
-    p.add_argument("--sigma", type=positive_float, default=None,
-                   help="σ of the projection (normalised; default: the system's)")
+    p.add_argument("--sigma", type=sigma_value, default=None,
+                   help="σ of the projection (normalised units, or 'auto': the σ training "
+                        "selected from held-out data; default: the system's, auto)")
     p.add_argument("--sigma-start", type=positive_float, default=None,
                    help="anneal σ from this to --sigma over the first half of a plan")
     p.add_argument("--jacobian-every", type=positive_int, default=None,
@@ -123,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
                "sigma_start": args.sigma_start, "solver": args.solver,
                "iterations": args.iterations,
                "num_starts": sd.num_starts if args.starts is None else args.starts,
-               "refine_iterations": sd.refine_iterations, "device": args.device}
+               "refine_iterations": sd.refine_iterations, "damping": sd.damping,
+               "device": args.device}
     if args.closed_loop is not None:
         t_ini = model.window_length - horizon
         ref = make_reference(args.reference, env_id, args.closed_loop, **params)

@@ -116,6 +116,10 @@ class _Setup:
         problem = TrackingProblem.for_dataset(data, reference, horizon, Q=Q, R=R)
         self.symmetry = symmetry = getattr(model, "symmetry", None) or Identity()
         tracker_options.setdefault("symmetry", symmetry)
+        if tracker_options.get("sigma", "auto") == "auto":  # the default: training's σ
+            from ddcontrol.score.sigma import resolve_sigma
+
+            tracker_options["sigma"] = resolve_sigma(model, data, t_ini=t_ini or None)
         if "trust" not in tracker_options:  # the plan's model-intrinsic confidence (issue 13)
             tracker_options["trust"] = TrustEstimator.from_model(
                 model, data, t_ini=t_ini,

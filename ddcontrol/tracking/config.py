@@ -37,7 +37,7 @@ class TrackerConfig:
 
     The fields are the tracker's keywords of the same names (documented there); ``t_ini`` is
     T_ini in samples, σ values are in normalised units, times in seconds. ``refine_sigma=None``
-    becomes ``min(sigma, 0.02)``.
+    becomes ``sigma``.
     """
 
     t_ini: int = 0
@@ -52,6 +52,7 @@ class TrackerConfig:
     num_starts: int = 1
     refine_iterations: int = 8
     refine_sigma: float | None = None
+    refine_damping: float = 1e-3
     jacobian_every: int = 1
     step_time_budget: float | None = None
     damping: float = 0.05
@@ -76,9 +77,9 @@ class TrackerConfig:
             put(name, check_positive_int(getattr(self, name), name))
         put("refine_iterations", check_positive_int(self.refine_iterations, "refine_iterations",
                                                     allow_zero=True))
-        for name in ("penalty_weight", "damping", "step_scale"):
+        for name in ("penalty_weight", "damping", "step_scale", "refine_damping"):
             put(name, check_positive_float(getattr(self, name), name))
-        put("refine_sigma", min(self.sigma, 0.02) if self.refine_sigma is None
+        put("refine_sigma", self.sigma if self.refine_sigma is None
             else check_positive_float(self.refine_sigma, "refine_sigma"))
         put("step_time_budget", _optional_float(self.step_time_budget, "step_time_budget"))
         put("max_step", _optional_float(self.max_step, "max_step"))

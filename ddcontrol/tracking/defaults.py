@@ -24,8 +24,15 @@ class SystemDefaults:
         Model window L = T_ini + N_h, steps.
     t_ini : int
         Measured past that conditions each plan, steps.
-    sigma : float
-        Projection noise level (normalised units).
+    sigma : float or "auto"
+        Projection noise level (normalised units). ``"auto"`` (every system's default): the σ
+        that training selected from held-out data and stored in the checkpoint
+        (:data:`ddcontrol.score.sigma.AUTO_CRITERION`), resolved when a tracker is built from
+        a model (:meth:`resolve_sigma`). Over the σ sweep of ``benchmarks/bench_sigma.py``
+        (4 systems x 3 seeds, σ 0.02-0.3, 3 references each, iteration-limited) it cost at most
+        1.039x the best σ of each model, where the hand-tuned per-system values it replaced
+        cost up to 1.087x (double pendulum, 0.05), and the best fixed σ per system chosen in
+        hindsight up to 1.013x.
     Q, R : float
         Output and input weights of the tracking cost.
     solver : str
@@ -48,11 +55,16 @@ class SystemDefaults:
         1.39 / 1.34 / 1.19x; only the reset's one-off cold start pays for it.
     refine_iterations : int
         Gauss-Newton iterations that pull a finite-horizon plan's outputs onto the manifold for
-        its final inputs (:meth:`DenoisingTracker.plan`; receding-horizon steps skip it). On the
-        double pendulum's demo plan 30 rather than 8 brought the prediction's deviation from
-        the replay from 0.21 to 0.026 (same inputs, same replay cost); on the mass-spring-damper
-        (8 plans of ``bench_conditioned_prediction.py``) 30 and 100 raised the median deviation
-        from 0.032 to 0.062 and 0.149, so the generic default stays 8.
+        its final inputs (:meth:`DenoisingTracker.plan`; receding-horizon steps skip it), at
+        the plan's σ. 30 on every system: on the double pendulum's demo plan 30 rather than 8
+        brought the prediction's deviation from the replay from 0.21 to 0.026 (same inputs);
+        with 30 at the plan's σ, ``bench_conditioned_prediction.py`` gave a median deviation of
+        0.012 on the mass-spring-damper and 0.010 on the double pendulum.
+    damping : float
+        Tikhonov damping of the plan's least-squares solves for the pinned measured past
+        (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`). A smaller one fits the
+        past's weakly observable directions (the mass-spring-damper's velocity, seen through
+        5 position samples) instead of shrinking them: see the linear systems' entries.
     step_time_fraction : float or None
         Per-step time budget of the tracker's ``act()`` as a fraction of the sampling time
         (None: no budget, every warm step runs ``iterations_per_step``).
@@ -65,14 +77,15 @@ class SystemDefaults:
 
     window: int = 30
     t_ini: int = 5
-    sigma: float = 0.05
+    sigma: float | str = "auto"
     Q: float = 1.0
     R: float = 0.01
     solver: str = "nesterov"
     iterations_per_step: int = 20
     jacobian_every: int = 1
     num_starts: int = 8
-    refine_iterations: int = 8
+    refine_iterations: int = 30
+    damping: float = 0.05
     step_time_fraction: float | None = 0.45
     reference: str = "random"
     excitation: str = "mixed"
@@ -83,12 +96,23 @@ class SystemDefaults:
         """Planning horizon N_h = window − T_ini, steps."""
         return self.window - self.t_ini
 
+    def resolve_sigma(self, model: Any, dataset: Any = None) -> float:
+        """σ (normalised units) for a tracker on ``model``: :attr:`sigma` if a number, else the
+        model's stored selection (or one made now from ``dataset``'s held-out trajectories;
+        :func:`ddcontrol.score.sigma.resolve_sigma`)."""
+        if not isinstance(self.sigma, str):
+            return float(self.sigma)
+        from ddcontrol.score.sigma import resolve_sigma
+
+        return resolve_sigma(model, dataset, t_ini=self.t_ini
+                             if 0 < self.t_ini < model.window_length else None)
+
     def tracker_options(self, dt: float) -> dict[str, Any]:
         """Keyword arguments of :class:`~ddcontrol.tracking.tracker.DenoisingTracker`."""
         return {"sigma": self.sigma, "solver": self.solver,
                 "iterations_per_step": self.iterations_per_step,
                 "jacobian_every": self.jacobian_every, "num_starts": self.num_starts,
-                "refine_iterations": self.refine_iterations,
+                "refine_iterations": self.refine_iterations, "damping": self.damping,
                 "step_time_budget": None if self.step_time_fraction is None
                 else self.step_time_fraction * dt}
 
@@ -96,24 +120,23 @@ class SystemDefaults:
 GENERIC = SystemDefaults()
 
 SYSTEM_DEFAULTS: dict[str, SystemDefaults] = {
-    # σ 0.2: in the σ sweep (benchmarks/bench_sigma.py, iteration-limited, 3 references) the
-    # closed loop cost 1.051x / 1.032x the oracle at σ 0.2 against 1.199x / 1.106x at 0.05
-    # (seeds 0 / 1): this model's projection is unreliable at small σ.
+    # σ "auto" on every system (the class docstring). Hand-tuned values before it, for the
+    # record: mass-spring-damper 0.2, coupled masses 0.05, double pendulum 0.05, unicycle 0.2.
+    # Damping 0.01 on the linear systems: finite-horizon plans from a measured past
+    # (bench_conditioned_prediction.py, 32 plans, σ 0.3) cost 1.026x the exact optimum at the
+    # median on the mass-spring-damper against 1.354x at 0.05 (1.044x at 0.003), and 1.046x
+    # against 1.097x on the coupled masses.
     "ddcontrol/MassSpringDamper-v0": SystemDefaults(
-        window=30, t_ini=5, sigma=0.2, R=0.01, reference="random", excitation="gaussian",
+        window=30, t_ini=5, R=0.01, damping=0.01, reference="random", excitation="gaussian",
         excitation_params={"bandwidth": 1.0, "amplitude": 0.4}),
     "ddcontrol/CoupledMasses-v0": SystemDefaults(
-        window=30, t_ini=6, sigma=0.05, R=0.01, reference="random", excitation="gaussian",
+        window=30, t_ini=6, R=0.01, damping=0.01, reference="random", excitation="gaussian",
         excitation_params={"bandwidth": 1.0, "amplitude": 0.4}),
-    # σ 0.05: over the suite's 3 references x 3 seeds (8 cold starts, 0.45 dt budget) the
-    # closed loop cost 1.075x the oracle at the median and 1.19x at worst, against 1.10x and
-    # 1.39x with σ 0.1 (seed 1's model tracked with a visible lag at 0.1).
     "ddcontrol/DoublePendulum-v0": SystemDefaults(
-        window=40, t_ini=10, sigma=0.05, R=0.1, reference="swing", excitation="mixed",
-        refine_iterations=30),
+        window=40, t_ini=10, R=0.1, reference="swing", excitation="mixed"),
     # Smooth Gaussian accelerations fill the input space (held levels and PRBS do not); the
     # model learns canonical windows (planar symmetry), so data near the origin cover any pose.
-    # σ = 0.2 keeps plans near the data's speeds and turn rates: on the figure of eight (80
+    # A large σ keeps plans near the data's speeds and turn rates: on the figure of eight (80
     # steps, seed 0, iteration-limited) σ 0.05 / 0.1 / 0.2 gave 5.3x / 1.65x / 1.29x the
     # oracle's cost; at 0.05 the plan drove backwards at speeds the data never showed.
     # Not real time on 2 CPU cores: a warm step of 20 iterations takes about 95 ms against
@@ -121,7 +144,7 @@ SYSTEM_DEFAULTS: dict[str, SystemDefaults] = {
     # (seed 0) cost 95x the unbudgeted one (benchmarks/results/realtime.json). Quality first:
     # no budget by default here.
     "ddcontrol/Unicycle-v0": SystemDefaults(
-        window=45, t_ini=5, sigma=0.2, R=0.001, reference="figure-eight", excitation="gaussian",
+        window=45, t_ini=5, R=0.001, reference="figure-eight", excitation="gaussian",
         excitation_params={"bandwidth": 0.2, "amplitude": 0.6}, step_time_fraction=None,
         jacobian_every=5),
 }

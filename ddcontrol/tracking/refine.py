@@ -5,9 +5,11 @@ A solve ends with inputs that are clipped into their bounds afterwards and outpu
 solver moved along with them. :class:`Refinement` pins the measured past and every (clipped)
 future input, and pulls the window onto the manifold with Gauss-Newton steps only
 (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD` on a zero cost), with σ annealed
-from the plan's σ to ``refine_sigma``: the outputs predicted for fixed inputs are most accurate at
-small σ (on the double pendulum's paper benchmark, σ = 0.1, ending at 0.02 halved the replay
-deviation ‖y* − y_true‖ / ‖y_true‖ from 0.013 to 0.007).
+from the plan's σ to ``refine_sigma`` (by default the plan's σ itself: no annealing). An exact
+denoiser predicts best at small σ, a learned one often does not (its held-out conditioned
+prediction error grows at the smallest σ; see :class:`~ddcontrol.tracking.tracker.DenoisingTracker`
+``refine_sigma``); on the double pendulum's paper benchmark, σ = 0.1, ending at 0.02 halved the
+replay deviation ‖y* − y_true‖ / ‖y_true‖ from 0.013 to 0.007.
 """
 
 from __future__ import annotations
@@ -41,11 +43,15 @@ class Refinement:
     lower, upper : Tensor (L, C)
         The input bounds in normalised units (±inf elsewhere), into which the inputs are
         clipped before they are pinned.
+    damping : float
+        Tikhonov damping of the Gauss-Newton solves (:class:`ConditionedDRGD`).
     """
 
     def __init__(self, denoiser: Any, sigma: float, refine_sigma: float, iterations: int,
-                 t_ini: int, input_dim: int, lower: Tensor, upper: Tensor) -> None:
+                 t_ini: int, input_dim: int, lower: Tensor, upper: Tensor,
+                 damping: float = 1e-3) -> None:
         self.denoiser, self.sigma, self.refine_sigma = denoiser, sigma, refine_sigma
+        self.damping = damping
         self.iterations, self.t_ini, self.m = iterations, t_ini, input_dim
         self.lower, self.upper = lower, upper
 
@@ -70,7 +76,8 @@ class Refinement:
         problem = Problem(BehaviorManifold(self.denoiser, self.refine_sigma), zero,
                           torch.zeros_like)
         solver = ConditionedDRGD(mask, values, step_size=1.0, max_iterations=self.iterations,
-                                 min_gradient_norm=0.0, record_history=False, **anneal)
+                                 min_gradient_norm=0.0, record_history=False,
+                                 damping=self.damping, **anneal)
         out = solver.run(problem, initial_point=x).point
         out[:, mask] = values[:, mask]
         return out

@@ -67,7 +67,8 @@ linearisation is not stabilisable). Then, merged::
         suite_unicycle_deepc-tuned_s0 suite_unicycle_deepc-tuned_s1_s2 \
         suite_denoising_v2_pendulum suite_denoising_v2_unicycle suite_denoising_v2_msd \
         suite_denoising_v2_coupled suite_denoising_v3_pendulum suite_denoising_v3_unicycle \
-        suite_denoising_v3_linear suite_denoising_v4_msd
+        suite_denoising_v3_linear suite_denoising_v4_msd suite_denoising_v5_unicycle \
+        suite_denoising_v5_linear suite_denoising_v5_pendulum
 
 The denoising rows of the merged table are the ``suite_denoising_v2_<system>`` runs (session 4
 code: cold start in ``reset``, explicit VJPs; every default, i.e. a per-step budget of 0.45 dt on
@@ -79,7 +80,10 @@ unicycle's are in turn replaced by ``suite_denoising_v3_<system>`` (session 5 de
 starts at ``reset``, the pendulum's σ 0.05, the unicycle's chord iterations
 ``jacobian_every=5``), made the same way, and the linear systems' by
 ``suite_denoising_v3_linear`` (``--systems msd coupled --train-steps 4000``); the
-mass-spring-damper's then by ``suite_denoising_v4_msd`` (its σ default 0.05 -> 0.2).
+mass-spring-damper's then by ``suite_denoising_v4_msd`` (its σ default 0.05 -> 0.2). All
+four are replaced by ``suite_denoising_v5_<unicycle|linear|pendulum>`` (session 6 defaults:
+``sigma="auto"``, the σ training selected from held-out data; damping 0.01 on the linear
+systems), made the same way (``--train-steps 4000`` for msd and coupled).
 
 With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
 budget_check_unicycle``. Ablation without the symmetry: ``--symmetry none --results

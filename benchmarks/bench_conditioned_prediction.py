@@ -20,6 +20,10 @@ the targets (median ≤ 0.05, p90 ≤ 0.15, linear median ratio ≤ 1.02) and ev
 Run (the recorded results)::
 
     python benchmarks/bench_conditioned_prediction.py --systems msd coupled pendulum unicycle
+
+``--set KEY=VALUE ...`` overrides tracker settings and ``--results NAME`` writes
+``benchmarks/results/NAME.json`` instead; the ablation of σ, damping and the refinement
+(``conditioned_prediction_ablation.json``) was made that way, one setting set per call.
 """
 
 from __future__ import annotations

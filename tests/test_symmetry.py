@@ -214,7 +214,8 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     assert system_defaults("ddcontrol/DoublePendulum-v0").jacobian_every == 1
     # The finite-horizon refinement: the system's iterations, at the plan's σ by default.
     assert tracker.refine_iterations == d.refine_iterations == 30
-    assert tracker.refine_sigma == tracker.sigma and tracker.config.damping == d.damping
+    assert tracker.refine_sigma == d.refine_sigma == 0.02 and tracker.config.damping == d.damping
+    assert system_defaults("ddcontrol/DoublePendulum-v0").refine_sigma is None  # the plan's σ
     assert isinstance(tracker.symmetry, PlanarSymmetry)
     tuned = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                             model=Model(), options={"sigma": 0.2, "step_time_budget": 0.02})

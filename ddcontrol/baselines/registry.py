@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ddcontrol.baselines.best_window import best_window
 from ddcontrol.baselines.deepc import DeePC
 from ddcontrol.baselines.lqr import LQRTracker
@@ -129,6 +131,9 @@ def make_baseline(name: str, env_id: str, reference: Reference, Q: Any, R: Any, 
         from ddcontrol.baselines.sindy import SINDyMPC
 
         return SINDyMPC(data, reference, Q, R, horizon=horizon, **options)
-    dyn = make_dynamics(env_id, env_kwargs)
+    # The bounds the data were collected under (any Gymnasium env, or measured data), as DeePC.
+    m = data.input_dim
+    low = np.asarray(data.metadata.get("input_low", [-np.inf] * m), dtype=float)
+    high = np.asarray(data.metadata.get("input_high", [np.inf] * m), dtype=float)
     best = best_window(data, reference, Q, R, **options)
-    return best.controller(reference, Q, R, dyn.input_low, dyn.input_high)
+    return best.controller(reference, Q, R, low, high)

@@ -55,6 +55,7 @@ def positive_float(text: str) -> float:
 
 
 positive_float.__name__ = "number"
+sigma_value.__name__ = "number"  # argparse's "invalid number value" (and the CLI fuzz tests)
 
 
 def nonnegative_float(text: str) -> float:

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                                    iterations=30 if args.quick else 500,
                                    num_starts=system.num_starts,
                                    refine_iterations=system.refine_iterations,
-                                   damping=system.damping,
+                                   refine_sigma=system.refine_sigma, damping=system.damping,
                                    device=args.device)
     from ddcontrol.cli.track import write_plots
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddcontrol.baselines import BASELINES, make_baseline
 from ddcontrol.errors import ConfigurationError, UnknownNameError
@@ -11,12 +11,15 @@ from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.tracker import DenoisingTracker
 
+if TYPE_CHECKING:
+    from ddcontrol.data.gym_env import EnvLike
+
 CONTROLLERS = ("denoising", *BASELINES)
 
 
-def _problem_parts(problem: TrackingProblem | None, env_id: str | None, reference: Any, Q: Any,
-                   R: Any, horizon: int | None, env_kwargs: dict[str, Any] | None, where: str
-                   ) -> tuple[str | None, Any, Any, Any, int, dict[str, Any] | None]:
+def _problem_parts(problem: TrackingProblem | None, env_id: EnvLike | None, reference: Any,
+                   Q: Any, R: Any, horizon: int | None, env_kwargs: dict[str, Any] | None,
+                   where: str) -> tuple[EnvLike | None, Any, Any, Any, int, dict[str, Any] | None]:
     """``(env_id, reference, Q, R, horizon, env_kwargs)`` of a call in either form: a
     :class:`TrackingProblem` (then nothing it holds may be given again), or the older separate
     ``env_id, reference, Q, R, horizon``.
@@ -58,7 +61,7 @@ def _model_t_ini(model: Any, problem: TrackingProblem, t_ini: int | None) -> int
 
 
 def make_tracker(model: Any, data: Any, problem: TrackingProblem | Reference, Q: Any = None,
-                 R: Any = None, *, horizon: int | None = None, env_id: str | None = None,
+                 R: Any = None, *, horizon: int | None = None, env_id: EnvLike | None = None,
                  env_kwargs: dict[str, Any] | None = None,
                  candidate_stride: int | None = None,
                  **options: Any) -> DenoisingTracker:
@@ -66,8 +69,11 @@ def make_tracker(model: Any, data: Any, problem: TrackingProblem | Reference, Q:
 
     ``make_tracker(model, data, problem, **options)``; the older form
     ``make_tracker(model, data, reference, Q, R, horizon=..., env_id=...)`` builds the problem
-    itself. Settings not in ``options`` (σ, solver, iterations per step, per-step time budget)
-    are the system's (:func:`~ddcontrol.tracking.defaults.system_defaults`).
+    itself (:meth:`TrackingProblem.for_env`: ``env_id`` a ddcontrol or any Gymnasium id with a
+    ``Box`` action space, an ``Env`` instance or a factory). Settings not in ``options`` (σ,
+    solver, iterations per step, per-step time budget) are the system's
+    (:func:`~ddcontrol.tracking.defaults.system_defaults`: the generic ones for a system without
+    its own, e.g. ``Pendulum-v1``).
 
     Raises
     ------
@@ -91,7 +97,8 @@ def make_tracker(model: Any, data: Any, problem: TrackingProblem | Reference, Q:
                                        **options)
 
 
-def make_controller(name: str, problem: TrackingProblem | str, reference: Reference | None = None,
+def make_controller(name: str, problem: TrackingProblem | EnvLike,
+                    reference: Reference | None = None,
                     Q: Any = None, R: Any = None, *, horizon: int | None = None,
                     data: Any = None, model: Any = None, t_ini: int | None = None,
                     env_kwargs: dict[str, Any] | None = None,
@@ -100,6 +107,11 @@ def make_controller(name: str, problem: TrackingProblem | str, reference: Refere
 
     ``make_controller(name, problem, data=..., model=...)``; the older form
     ``make_controller(name, env_id, reference, Q, R, horizon=...)`` builds the problem itself.
+    ``"denoising"`` and the baselines that identify their model from the data (``"lqr-id"``,
+    ``"deepc"``, ``"koopman"``, ``"sindy"``) work for any Gymnasium environment with a ``Box``
+    action space (for ``"denoising"`` in the older form, ``env_id`` may also be an ``Env``
+    instance or a factory, see :meth:`TrackingProblem.for_env`); the others need a ddcontrol
+    environment's dynamics.
 
     ``t_ini`` (default: the problem's) is the measured past: DeePC's T_ini (without one, the
     model's when a model is given, else 4), so that DeePC and the DenoisingTracker condition on

@@ -28,6 +28,7 @@ from ddcontrol.tracking.reference import Reference, as_reference, evaluate_calla
 if TYPE_CHECKING:  # the torch side lives in window_cost.py; the problem itself is numpy only
     import torch
 
+    from ddcontrol.data.gym_env import EnvLike
     from ddcontrol.tracking.window_cost import WindowCost
 
 ReferenceLike = Reference | np.ndarray | Callable[[float], Any]
@@ -67,8 +68,8 @@ class TrackingProblem:
         ``t_ini`` on. None: taken from the model where one is given, else 0 / the controller's.
     env_id : str, optional
         The registered environment the problem is posed on (set by :meth:`for_env`, and by
-        :meth:`for_dataset` from the dataset's metadata); what ``compare`` and ``run_episode``
-        run the controllers in.
+        :meth:`for_dataset` from the dataset's metadata): a ddcontrol id or any Gymnasium one;
+        what ``compare`` and ``run_episode`` run the controllers in.
     env_kwargs : dict, optional
         Keyword arguments of that environment.
     """
@@ -157,16 +158,51 @@ class TrackingProblem:
                    env_kwargs=meta.get("env_kwargs") or None)
 
     @classmethod
-    def for_env(cls, env_id: str, reference: Reference, horizon: int, *, Q: Any = 1.0,
+    def for_env(cls, env_id: EnvLike, reference: Reference, horizon: int, *, Q: Any = 1.0,
                 R: Any = 0.01, t_ini: int | None = None,
                 env_kwargs: dict[str, Any] | None = None) -> TrackingProblem:
-        """The problem for a registered environment: its input count and actuator limits."""
-        from envs.registry import make_dynamics
+        """The problem for an environment: its input count and actuator limits.
 
-        dyn = make_dynamics(env_id, env_kwargs)
-        return cls(reference, horizon, dyn.input_dim, Q=Q, R=R, input_low=dyn.input_low,
-                   input_high=dyn.input_high, t_ini=t_ini, env_id=env_id,
-                   env_kwargs=env_kwargs)
+        A ddcontrol environment (an id whose env exposes batched
+        :class:`~envs.dynamics.Dynamics`) gives them from its dynamics; any other Gymnasium
+        environment from its ``action_space``, a :class:`gymnasium.spaces.Box` of any shape
+        (flattened: m is its size).
+
+        Parameters
+        ----------
+        env_id : str, gymnasium.Env or callable
+            A registered id (the env is made with ``gymnasium.make(env_id, **env_kwargs)`` and
+            closed again), an ``Env`` instance (used as is, not closed) or a factory returning a
+            fresh ``Env`` (called with ``env_kwargs``, closed again).
+        reference, horizon, Q, R, t_ini
+            As for :class:`TrackingProblem`.
+        env_kwargs : dict, optional
+            Keyword arguments of the environment (not with an instance).
+
+        Returns
+        -------
+        TrackingProblem
+            With ``input_dim`` m, ``input_low`` / ``input_high`` (m,) in the action's units (a
+            side whose bounds are all infinite is None, i.e. unbounded; single infinite bounds
+            stay ±inf), ``env_id`` the id (for an instance or a factory: its ``spec.id``, else
+            None, so :func:`~ddcontrol.tracking.defaults.system_defaults` gives the generic
+            settings) and ``env_kwargs`` (None for an instance or a factory: episodes run by
+            ``compare`` or ``run_episode`` then remake the env from its id, or take ``env=``).
+
+        Raises
+        ------
+        envs.registry.UnknownEnvironmentError
+            An id that is not registered.
+        DimensionError
+            An action space that is not a ``gymnasium.spaces.Box`` (e.g. ``Discrete``), as for
+            :func:`~ddcontrol.data.gym_env.env_spec`.
+        ConfigurationError
+            ``env_kwargs`` with an instance, or a factory that does not return an ``Env``.
+        """
+        label, m, low, high = _env_inputs(env_id, env_kwargs)
+        return cls(reference, horizon, m, Q=Q, R=R, input_low=low, input_high=high,
+                   t_ini=t_ini, env_id=label,
+                   env_kwargs=env_kwargs if isinstance(env_id, str) else None)
 
     @property
     def tracked_dim(self) -> int:
@@ -224,6 +260,46 @@ class TrackingProblem:
             t_ini = self.t_ini or 0
         return WindowCost(self, normalizer, t_ini, start,
                           torch.float32 if dtype is None else dtype, device)
+
+
+def _env_inputs(env: EnvLike, env_kwargs: dict[str, Any] | None
+                ) -> tuple[str | None, int, np.ndarray | None, np.ndarray | None]:
+    """``(env_id, m, input_low, input_high)`` of an environment (see
+    :meth:`TrackingProblem.for_env`): from :func:`envs.registry.make_dynamics` for a ddcontrol
+    id, else from the env's (or, for a ddcontrol env given as an instance or factory, its
+    dynamics') bounds. Bounds are (m,) float arrays, None where all m are infinite."""
+    import gymnasium as gym
+
+    from ddcontrol.data.gym_env import make_env
+    from envs.dynamics import Dynamics
+    from envs.registry import UnknownEnvironmentError, make_dynamics
+
+    if isinstance(env, str):
+        try:
+            dyn = make_dynamics(env, env_kwargs)
+        except UnknownEnvironmentError:
+            if env not in gym.registry:  # unknown id: the registry's error, as before
+                raise
+        else:
+            return env, dyn.input_dim, dyn.input_low, dyn.input_high
+    made, owned = make_env(env, env_kwargs)
+    try:
+        label = env if isinstance(env, str) else (made.spec.id if made.spec is not None else None)
+        dyn = getattr(made.unwrapped, "dynamics", None)
+        if isinstance(dyn, Dynamics):
+            return label, dyn.input_dim, dyn.input_low, dyn.input_high
+        space = made.action_space
+        if not isinstance(space, gym.spaces.Box):
+            raise DimensionError(f"{label or type(made.unwrapped).__name__}: the action space "
+                                 f"must be a gymnasium.spaces.Box (continuous inputs), got "
+                                 f"{space}")
+        low = np.asarray(space.low, dtype=np.float64).reshape(-1)
+        high = np.asarray(space.high, dtype=np.float64).reshape(-1)
+        return (label, int(low.size), None if np.all(np.isneginf(low)) else low,
+                None if np.all(np.isposinf(high)) else high)
+    finally:
+        if owned:
+            made.close()
 
 
 def __getattr__(name: str) -> Any:

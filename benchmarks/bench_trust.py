@@ -99,8 +99,10 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 
 
-def dataset_and_model(name: str, minutes: float) -> tuple[TrajectoryDataset, Any]:
-    """Generate (once) the dataset and train (once) the model of system ``name``."""
+def dataset_and_model(name: str, minutes: float, steps: int | None = None
+                      ) -> tuple[TrajectoryDataset, Any]:
+    """Generate (once) the dataset and train (once) the model of system ``name``: ``steps``
+    training steps, or as many as fit ``minutes`` (timed on a probe: fewer on a busy machine)."""
     s = SYSTEMS[name]
     folder = MODELS / f"trust-{name}"
     data_path = folder / "data.npz"
@@ -115,8 +117,8 @@ def dataset_and_model(name: str, minutes: float) -> tuple[TrajectoryDataset, Any
     if not (folder / "checkpoint.pt").exists():
         cfg = TrainConfig(out=str(folder), window=s["window"], overwrite=True, progress=False,
                           num_threads=1, val_every=0, checkpoint_every=0)
-        cfg.steps = steps_for_budget(cfg, data, minutes)
-        print(f"[{name}] training {cfg.steps} steps (~{minutes} min)", flush=True)
+        cfg.steps = steps if steps is not None else steps_for_budget(cfg, data, minutes)
+        print(f"[{name}] training {cfg.steps} steps", flush=True)
         train(cfg, data)
     return data, load_model(folder, dataset=data)
 
@@ -261,7 +263,7 @@ def rates(flag: np.ndarray, label: np.ndarray) -> dict[str, Any]:
 def run_system(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     t0 = time.perf_counter()
     s = SYSTEMS[name]
-    data, model = dataset_and_model(name, args.minutes)
+    data, model = dataset_and_model(name, args.minutes, args.train_steps)
     cfg = model.config
     train_ds, held = data.split(1.0 - float(cfg.get("val_fraction", 0.1)),
                                 seed=int(cfg.get("seed", 0)))
@@ -371,6 +373,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
     ap.add_argument("--plans", type=int, default=120)
     ap.add_argument("--minutes", type=float, default=1.0, help="training budget per model")
+    ap.add_argument("--train-steps", type=int, default=None,
+                    help="training steps per model (instead of --minutes: the same model on a "
+                         "busy machine)")
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--sigma", type=float, default=None, help="planning σ (default: selected)")
     ap.add_argument("--seed", type=int, default=0)

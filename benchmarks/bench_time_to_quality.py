@@ -22,7 +22,10 @@ the largest budget's, and the minutes it took.
 
 Run: ``python benchmarks/bench_time_to_quality.py --system pendulum --budgets 1000 2000 4000
 6000 8000 --closed-loop``; writes ``benchmarks/results/time_to_quality_<system>.json`` and
-``.png``.
+``.png``. ``--threads N`` measures wall time on N threads (``..._t<N>.json``); ``--model
+width=512`` or ``--model arch=unet`` (TrainConfig overrides) gives a capacity or architecture
+curve of the same data (``..._width512.json``), to read against the default model's at equal
+training minutes.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_closed_loop_suite import MODELS, SYSTEMS, _dataset, _label  # noqa: E402
+from bench_geometry import overrides  # noqa: E402
 
 from ddcontrol._io import atomic_write  # noqa: E402
 from ddcontrol.data import collect  # noqa: E402
@@ -54,17 +58,26 @@ from ddcontrol.tracking.reference import make_reference  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def trained(system: str, seed: int, steps: int, threads: int = 1) -> tuple[Any, Any, dict[str, float]]:
-    """The suite's data and a model of ``steps`` steps (trained once, cached with its CPU and
-    wall seconds in ``timing.json``)."""
-    folder = MODELS / f"{system}-s{seed}-{steps}-ttq{'' if threads == 1 else f'-t{threads}'}"
+def variant_tag(model: dict[str, Any]) -> str:
+    """``-width128-archunet`` for TrainConfig overrides (sorted), ``""`` for the defaults."""
+    return "".join(f"-{k}{v}" for k, v in sorted(model.items()))
+
+
+def trained(system: str, seed: int, steps: int, threads: int = 1,
+            model: dict[str, Any] | None = None) -> tuple[Any, Any, dict[str, float]]:
+    """The suite's data and a model of ``steps`` steps, the default configuration with the
+    TrainConfig overrides ``model`` (trained once, cached with its CPU and wall seconds in
+    ``timing.json``)."""
+    model = model or {}
+    folder = MODELS / (f"{system}-s{seed}-{steps}-ttq{'' if threads == 1 else f'-t{threads}'}"
+                       f"{variant_tag(model)}")
     data = _dataset(system, seed)
     timing_file = folder / "timing.json"
     if not timing_file.exists():
         d = system_defaults(SYSTEMS[system]["env"])
         cfg = TrainConfig(out=str(folder), window=d.window, device="cpu", overwrite=True,
                           seed=seed, progress=False, steps=steps, val_every=0,
-                          num_threads=threads)
+                          num_threads=threads, **model)
         cpu, wall = time.process_time(), time.perf_counter()
         train(cfg, data)
         timing = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
@@ -153,7 +166,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("closed-loop cost / oracle")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{result['system']}: quality against training time (seed {result['seed']})")
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(result.get("model", {}).items()))
+    fig.suptitle(f"{result['system']}: quality against training time (seed {result['seed']}"
+                 f"{', ' + extra if extra else ''})")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -170,7 +185,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--windows", type=int, default=64, help="held-out windows")
     p.add_argument("--closed-loop", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig overrides for a capacity or architecture curve (e.g. "
+                        "width=512, arch=unet); cached and written apart")
     args = p.parse_args(argv)
+    variant = overrides(args.model)
     torch.set_num_threads(args.threads)
     d = system_defaults(SYSTEMS[args.system]["env"])
     load = [list(os.getloadavg())]
@@ -178,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     windows = None
     for steps in sorted(args.budgets):
         print(f"{args.system} seed {args.seed}: {steps} steps", flush=True)
-        data, model, timing = trained(args.system, args.seed, steps, args.threads)
+        data, model, timing = trained(args.system, args.seed, steps, args.threads, variant)
         # One thread: CPU seconds (robust to other jobs' load). Several: the wall time, which
         # is what the threads buy and what a user waits for (CPU time counts every thread).
         seconds = timing["cpu_s"] if args.threads == 1 else timing["wall_s"]
@@ -213,12 +232,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "sigma": d.sigma, "t_ini": d.t_ini, "held_out_windows": int(windows.shape[0]),
               "command": "python benchmarks/bench_time_to_quality.py " + " ".join(
                   sys.argv[1:] if argv is None else argv),
-              "load_average_start_end": load, "threads": args.threads, "runs": runs,
+              "load_average_start_end": load, "threads": args.threads, "model": variant,
+              "runs": runs,
               "reference_run_steps": last["steps"],
               "first_within_5pct": {"steps": first["steps"],
                                     "train_minutes": first["train_minutes"]}}
     out = RESULTS / (f"time_to_quality_{args.system}"
-                     f"{'' if args.threads == 1 else f'_t{args.threads}'}.json")
+                     f"{'' if args.threads == 1 else f'_t{args.threads}'}"
+                     f"{variant_tag(variant).replace('-', '_')}.json")
     text = (json.dumps(result, indent=2) + "\n").encode()
     atomic_write(out, lambda fh: fh.write(text))
     plot(result, out.with_suffix(".png"))

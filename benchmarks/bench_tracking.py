@@ -296,6 +296,43 @@ def conditioning_experiment(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def plot_paper_sigma(sweeps: dict[str, tuple[list[dict[str, Any]], float | None]],
+                     path: Path) -> None:
+    """Replay cost over the model-based optimum and manifold deviation against σ, one column per
+    system; ``sweeps``: name -> (the paper experiment's sweep rows, the model's stored σ)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(sweeps), figsize=(4.5 * len(sweeps), 6), squeeze=False)
+    for j, (name, (rows, auto)) in enumerate(sweeps.items()):
+        rows = sorted(rows, key=lambda r: r["sigma"])
+        sig = [r["sigma"] for r in rows]
+        for ax, key, label in ((axes[0, j], "replay_over_optimum", "replay / model-based optimum"),
+                               (axes[1, j], "manifold_deviation", "deviation ‖y* − y‖ / ‖y‖")):
+            ax.plot(sig, [r[key] for r in rows], "o-")
+            if auto is not None and auto in sig:
+                ax.plot([auto], [rows[sig.index(auto)][key]], "*", ms=16, mec="k",
+                        label=f"auto σ = {auto:g}")
+                ax.legend(fontsize=8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(sig, [f"{g:g}" for g in sig], fontsize=7)
+            ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+            ax.grid(alpha=0.3, which="both")
+            ax.set_ylabel(label)
+        axes[0, j].set_title(name)
+        axes[1, j].set_xlabel("σ (normalised units)")
+    fig.suptitle("Paper finite-horizon experiments against σ (replayed in the true simulator); "
+                 "★ the σ training selected", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", required=True,
@@ -342,6 +379,10 @@ def main() -> None:
         result = conditioning_experiment(args)
     elif args.experiment == "paper":
         result = paper_experiment(args)
+        sweeps = {name: (r["sweep"], getattr(load_model(MODELS / name), "sigma", None))
+                  for name, r in result.items() if "sweep" in r}
+        if sweeps:  # σ against replay, with the σ training stored (issue 13)
+            plot_paper_sigma(sweeps, RESULTS / "tracking_paper_sigma.png")
     else:
         result = closed_loop_experiment(args)
     payload = {"experiment": args.experiment, "args": vars(args), "results": result,

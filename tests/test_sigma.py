@@ -237,3 +237,22 @@ def test_selection_with_the_plan_term():
     assert noisy.sigma > GRID[1]
     with pytest.raises(ConfigurationError):
         select_sigma_windows(den, w[:4], input_dim=M, t_ini=3, plan=(0.0, 0.01))
+
+
+def test_selection_uses_fewer_windows_without_explicit_vjps(tmp_path):
+    from ddcontrol.data import collect
+    from ddcontrol.score import load_model, train
+    from ddcontrol.score.sigma import AUTO_WINDOWS, AUTO_WINDOWS_AUTOGRAD, auto_sigma_selection_windows
+
+    data = collect("ddcontrol/MassSpringDamper-v0", 8, 16, seed=0)
+    train(_tiny_config(tmp_path / "mlp", select_sigma=False), data)
+    train(_tiny_config(tmp_path / "unet", select_sigma=False, arch="unet"), data)
+    mlp, unet = load_model(tmp_path / "mlp"), load_model(tmp_path / "unet")
+    windows = mlp.model_windows(data, 1)[:40]  # 40 held-out-like windows, model frame
+    grid = dict(t_ini=3)
+    assert AUTO_WINDOWS_AUTOGRAD < 40 < AUTO_WINDOWS
+    # The residual MLP has explicit VJPs: every window (up to 128); the U-Net goes through
+    # autograd: 32, which bounds the time the selection adds to the end of training.
+    assert auto_sigma_selection_windows(mlp, windows, **grid).windows == 40
+    assert auto_sigma_selection_windows(unet, windows, **grid).windows == AUTO_WINDOWS_AUTOGRAD
+    assert auto_sigma_selection_windows(unet, windows, max_windows=8, **grid).windows == 8

@@ -45,6 +45,11 @@ def test_from_arrays_builds_a_dataset_without_a_simulator(tmp_path):
     np.testing.assert_array_equal(listed.u, u)
     assert listed.metadata["input_bounds"] == "data range"
     assert listed.metadata["input_low"] == [float(u.min())]
+    # The bounds every data-driven baseline plans within: the recorded ones, ±inf without.
+    low, high = data.input_bounds
+    np.testing.assert_array_equal(np.stack([low, high]), [[-5.0], [5.0]])
+    bare = TrajectoryDataset(data.u, data.y, data.x)
+    np.testing.assert_array_equal(np.stack(bare.input_bounds), [[-np.inf], [np.inf]])
 
 
 def test_from_arrays_validation_errors():

@@ -138,8 +138,9 @@ class DeePC(Controller):
                  solver: str = "OSQP", solver_options: dict[str, Any] | None = None,
                  warmup_input: Any | None = None, seed: int = 0) -> None:
         m, p = data.input_dim, data.output_dim
-        low = data.metadata.get("input_low", [-np.inf] * m) if input_low is None else input_low
-        high = data.metadata.get("input_high", [np.inf] * m) if input_high is None else input_high
+        data_low, data_high = data.input_bounds
+        low = data_low if input_low is None else input_low
+        high = data_high if input_high is None else input_high
         super().__init__(reference, Q, R, low, high)
         if p != reference.output_dim:
             raise DimensionError(f"data have {p} outputs, the reference is for "

@@ -182,9 +182,9 @@ class LQRTracker(Controller):
         """
         lag = check_positive_int(lag, "lag")
         arx = fit_arx(data.u, data.y, lag, bias=bias, ridge=ridge, dt=data.dt)
-        m = data.input_dim
-        low = data.metadata.get("input_low", [-np.inf] * m) if input_low is None else input_low
-        high = data.metadata.get("input_high", [np.inf] * m) if input_high is None else input_high
+        data_low, data_high = data.input_bounds
+        low = data_low if input_low is None else input_low
+        high = data_high if input_high is None else input_high
         ctrl = cls(arx.to_state_space(), reference, Q, R, low, high,
                    estimator=ARXStateBuilder(arx), integral_weight=integral_weight,
                    name="lqr-id")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ddcontrol.baselines.best_window import best_window
 from ddcontrol.baselines.deepc import DeePC
 from ddcontrol.baselines.lqr import LQRTracker
@@ -132,8 +130,5 @@ def make_baseline(name: str, env_id: str, reference: Reference, Q: Any, R: Any, 
 
         return SINDyMPC(data, reference, Q, R, horizon=horizon, **options)
     # The bounds the data were collected under (any Gymnasium env, or measured data), as DeePC.
-    m = data.input_dim
-    low = np.asarray(data.metadata.get("input_low", [-np.inf] * m), dtype=float)
-    high = np.asarray(data.metadata.get("input_high", [np.inf] * m), dtype=float)
     best = best_window(data, reference, Q, R, **options)
-    return best.controller(reference, Q, R, low, high)
+    return best.controller(reference, Q, R, *data.input_bounds)

@@ -381,7 +381,6 @@ class SINDyMPC(CasadiOracle):
                  threshold: float | None = None, model: SINDyModel | None = None,
                  input_low: Any | None = None, input_high: Any | None = None, seed: int = 0,
                  **nmpc: Any) -> None:
-        m = data.input_dim
         self.selection: dict[str, Any] | None = None
         if model is None:
             if delays is not None and library is not None and threshold is not None:
@@ -397,8 +396,9 @@ class SINDyMPC(CasadiOracle):
                     kw["thresholds"] = (float(threshold),)
                 model, self.selection = select_sindy(data, horizon=horizon, seed=seed, **kw)
         self.sindy = model
-        low = data.metadata.get("input_low", [-np.inf] * m) if input_low is None else input_low
-        high = data.metadata.get("input_high", [np.inf] * m) if input_high is None else input_high
+        data_low, data_high = data.input_bounds
+        low = data_low if input_low is None else input_low
+        high = data_high if input_high is None else input_high
         d = model.delays
         yh, uh, _, _ = _samples(data.u[:50], data.y[:50], d)
         samples = np.concatenate([yh.reshape(len(yh), -1), uh.reshape(len(uh), -1)], axis=1)

@@ -119,6 +119,15 @@ class TrajectoryDataset:
         return int(self.y.shape[2])
 
     @property
+    def input_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high), each (m,), in the inputs' units: the actuator limits the data were
+        collected under (``metadata["input_low"/"input_high"]``), ±inf where none is recorded."""
+        m = self.input_dim
+        low = np.asarray(self.metadata.get("input_low", [-np.inf] * m), dtype=np.float64)
+        high = np.asarray(self.metadata.get("input_high", [np.inf] * m), dtype=np.float64)
+        return np.broadcast_to(low, (m,)).copy(), np.broadcast_to(high, (m,)).copy()
+
+    @property
     def state_dim(self) -> int:
         return int(self.x.shape[2])
 

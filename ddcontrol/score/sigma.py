@@ -10,10 +10,12 @@ conditioned prediction error, ‖y_pred − y‖ / ‖y‖ (physical units, the 
 the median over the windows), and returns the σ whose worst score among itself and its grid
 neighbours is least (:func:`pick_sigma`: a σ inside a good basin, not at a cliff's edge).
 
-Training stores that choice in the checkpoint (:func:`auto_sigma_selection_windows`, with the
-T_ini the tracker uses on the system), and ``sigma="auto"`` uses it. On the closed-loop suite
-(``benchmarks/bench_sigma.py``) it stays within 5 % of the best σ of a sweep 0.02-0.3 on the
-four systems; see that benchmark's results for the figures.
+Training stores a selection in the checkpoint (:func:`auto_sigma_selection_windows`), and
+``sigma="auto"`` uses it. Its criterion (:data:`AUTO_CRITERION`) adds to that prediction error
+the tracking error of plans that follow each window's own future outputs, averages over the
+windows and uses the same robust rule, at the T_ini and weights the tracker uses on the system.
+On the closed-loop suite (``benchmarks/bench_sigma.py``, 4 systems x 3 seeds) it stays within
+5 % of the best σ of a sweep 0.02-0.3 on every model; see that benchmark's results.
 """
 
 from __future__ import annotations
@@ -400,22 +402,18 @@ all 12 (worst 1.039x), and on 96.5-100 % of random 64-window subsets. This is a 
 that benchmark's models (nothing fitted to them but the choice among the 8)."""
 
 
-def _default_t_ini(model: Any) -> int:
-    """The T_ini the tracker uses on the model's system by default (a third of the window for a
-    system without its own settings or a window too short for them)."""
-    from ddcontrol.tracking.defaults import SYSTEM_DEFAULTS
+def _tracker_defaults(model: Any) -> tuple[int, float, float]:
+    """(T_ini, Q, R) the tracker uses on the model's system by default (the generic weights for a
+    system without its own settings; T_ini a third of the window then, or when the system's
+    does not fit the window)."""
+    from ddcontrol.tracking.defaults import SYSTEM_DEFAULTS, system_defaults
 
     length = int(model.window_length)
-    d = SYSTEM_DEFAULTS.get(getattr(model, "env_id", None) or "")
-    return d.t_ini if d is not None and 0 < d.t_ini < length else length // 3
-
-
-def _default_weights(model: Any) -> tuple[float, float]:
-    """The tracker's default cost weights (Q, R) on the model's system."""
-    from ddcontrol.tracking.defaults import system_defaults
-
-    d = system_defaults(getattr(model, "env_id", None))
-    return float(d.Q), float(d.R)
+    env_id = getattr(model, "env_id", None)
+    own = SYSTEM_DEFAULTS.get(env_id or "")
+    t = own.t_ini if own is not None and 0 < own.t_ini < length else length // 3
+    d = system_defaults(env_id)
+    return t, float(d.Q), float(d.R)
 
 
 AUTO_WINDOWS_AUTOGRAD = 32
@@ -447,7 +445,8 @@ def auto_sigma_selection_windows(model: Any, windows: Any, *, t_ini: int | None 
     """
     if max_windows is None:
         max_windows = AUTO_WINDOWS if _explicit_vjps(model.denoiser) else AUTO_WINDOWS_AUTOGRAD
-    t = _default_t_ini(model) if t_ini is None else t_ini
+    default_t, q, r = _tracker_defaults(model)
+    t = default_t if t_ini is None else t_ini
     device = next(iter(model.denoiser.parameters())).device if hasattr(
         model.denoiser, "parameters") else "cpu"
     w = windows.detach().cpu().numpy() if isinstance(windows, Tensor) else windows
@@ -455,7 +454,7 @@ def auto_sigma_selection_windows(model: Any, windows: Any, *, t_ini: int | None 
                                 mean=model.normalizer.mean, std=model.normalizer.std,
                                 max_windows=max_windows, seed=seed, device=device,
                                 statistic=AUTO_STATISTIC, rule=AUTO_RULE,
-                                plan=_default_weights(model) if AUTO_PLAN else None)
+                                plan=(q, r) if AUTO_PLAN else None)
 
 
 def auto_sigma_selection(model: Any, held_out: Any, *, t_ini: int | None = None,

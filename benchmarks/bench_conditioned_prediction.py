@@ -29,7 +29,6 @@ Run (the recorded results)::
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
@@ -41,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_closed_loop_suite import SYSTEMS, dataset_and_model  # noqa: E402
+from bench_geometry import tracker_overrides  # noqa: E402
 
 from ddcontrol._io import atomic_write  # noqa: E402
 from ddcontrol.baselines import LinearOracle  # noqa: E402
@@ -145,10 +145,7 @@ def main() -> None:
     p.add_argument("--results", default="conditioned_prediction",
                    help="name of the JSON under benchmarks/results/")
     args = p.parse_args()
-    try:
-        args.set = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    except (ValueError, SyntaxError) as exc:
-        p.error(f"--set takes KEY=VALUE with a Python literal value: {exc}")
+    args.set = tracker_overrides(args.set)
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{args.results}.json"
     doc = json.loads(path.read_text()) if path.exists() else {}

@@ -26,6 +26,7 @@ tangent errors ≤ 0.10 at the best σ; nonlinear replay consistency ≤ 0.05.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -210,6 +211,22 @@ def overrides(pairs: list[str]) -> dict[str, Any]:
             out[key] = json.loads(text)
         except json.JSONDecodeError:
             out[key] = text
+    return out
+
+
+def tracker_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to tracker keyword arguments, values as Python literals
+    (``sigma=0.3``, ``solver="'drgd'"``, ``refine_sigma=None``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError("no '='")
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise SystemExit(f"tracker option {pair!r}: KEY=VALUE with a Python literal value "
+                             f"({exc})") from None
     return out
 
 

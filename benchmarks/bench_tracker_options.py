@@ -17,7 +17,6 @@ DRGD in closed loop as it does on finite-horizon plans (``bench_baselines.py``).
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_closed_loop_suite import SYSTEMS, _label, dataset_and_model  # noqa: E402
+from bench_geometry import tracker_overrides  # noqa: E402
 
 from ddcontrol.evaluate.compare import compare  # noqa: E402
 from ddcontrol.evaluate.controllers import make_controller  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     out = next((Path(a[6:]) for a in sys.argv[1:] if a.startswith("--out=")),
                RESULTS / "tracker_options.jsonl")
     system, seed, ref_index, steps = args[0], int(args[1]), int(args[2]), int(args[3])
-    over = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args[4:])}
+    over = tracker_overrides(args[4:])
     torch.set_num_threads(int(os.environ.get("THREADS", "1")))
     spec = SYSTEMS[system]
     env, d = spec["env"], system_defaults(spec["env"])

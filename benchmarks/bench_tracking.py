@@ -33,7 +33,6 @@ delete a folder to retrain (the recorded models had 18-20 minutes for the paper 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_geometry import steps_for_budget  # noqa: E402
+from bench_geometry import steps_for_budget, tracker_overrides  # noqa: E402
 
 from ddcontrol.baselines import LinearOracle, ShootingOracle  # noqa: E402
 from ddcontrol.data import TrajectoryDataset, collect, make_dynamics  # noqa: E402
@@ -197,6 +196,7 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: model-based optimum {optimum:.4g}; headline replay / optimum "
               f"{s['replay_over_optimum']:.3f}", flush=True)
         out[name] = {**s, "sweep": sweep} if len(sweep) > 1 else s
+        out[name]["auto_sigma"] = model.sigma  # training's selection (None: not stored)
         ch = list(ref.channels)
         t = np.arange(100) * ref.dt
         plot_tracking(t, ref.values,
@@ -368,8 +368,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    args.tracker_set = {k: ast.literal_eval(v)
-                        for k, v in (kv.split("=", 1) for kv in args.tracker_set)}
+    args.tracker_set = tracker_overrides(args.tracker_set)
     RESULTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if args.experiment == "linear":
@@ -379,8 +378,8 @@ def main() -> None:
         result = conditioning_experiment(args)
     elif args.experiment == "paper":
         result = paper_experiment(args)
-        sweeps = {name: (r["sweep"], getattr(load_model(MODELS / name), "sigma", None))
-                  for name, r in result.items() if "sweep" in r}
+        sweeps = {name: (r["sweep"], r["auto_sigma"]) for name, r in result.items()
+                  if "sweep" in r}
         if sweeps:  # σ against replay, with the σ training stored (issue 13)
             plot_paper_sigma(sweeps, RESULTS / "tracking_paper_sigma.png")
     else:

@@ -154,3 +154,69 @@ def test_chord_iterations_keep_exact_directions(momentum):
     assert float((points["empirical", 4, 3] - points["empirical", 1, 3]).abs().max()) > 1e-3
     torch.testing.assert_close(points["empirical", 4, 40], points["empirical", 1, 40], rtol=0,
                                atol=1e-5)
+
+
+
+def _strict_solve(monkeypatch):
+    """torch.linalg.solve that raises on a non-finite matrix, as LAPACK's invalid pivots make
+    it do on CPU for some batch sizes and k of a few hundred (not reproducibly)."""
+    solve = torch.linalg.solve
+
+    def strict(a, b, *args, **kwargs):
+        if not bool(torch.isfinite(a).all()):
+            raise RuntimeError("Pivots given to lu_solve must all be greater or equal to 1")
+        return solve(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "solve", strict)
+
+
+def test_damped_pinv_gives_a_non_finite_block_nan_and_the_others_their_inverse(monkeypatch):
+    from ddcontrol.solvers.conditioned import damped_pinv
+
+    _strict_solve(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    k = 30
+    gram = torch.randn(4, k, k, generator=g, dtype=DT)
+    bad = gram.clone()
+    bad[1, 3, 4] = float("nan")
+    bad[2] = float("inf")
+    out = damped_pinv(bad, 0.05)
+    assert torch.isnan(out[1]).all() and torch.isnan(out[2]).all()
+    assert torch.equal(out[[0, 3]], damped_pinv(gram[[0, 3]], 0.05))
+    gt = gram[0].T
+    exact = torch.linalg.solve(gt @ gram[0] + 0.05 ** 2 * torch.eye(k, dtype=DT), gt)
+    torch.testing.assert_close(out[0], exact, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("jacobian_every", [1, 3])
+def test_a_problem_whose_denoiser_diverges_does_not_stop_the_batch(monkeypatch, jacobian_every):
+    # One problem's denoiser output turns NaN after a few calls: the solve finishes, reports
+    # that problem diverged (with its best finite iterate) and the others as if alone.
+    _strict_solve(monkeypatch)
+    den = _denoisers()["linear"]
+    mask = torch.zeros(L, C, dtype=torch.bool)
+    mask[:2] = True
+    calls = {"n": 0}
+
+    def breaking(x, sigma):
+        calls["n"] += 1
+        out = den(x, sigma)
+        if calls["n"] > 3:
+            out = torch.cat((out[:1], out[1:2] * torch.nan, out[2:]))
+        return out
+
+    x0 = torch.randn(3, L, C, generator=torch.Generator().manual_seed(3), dtype=DT)
+    zero = lambda z: torch.zeros(z.shape[0], dtype=z.dtype)  # noqa: E731
+
+    def solve(denoiser, x):
+        solver = ConditionedDRGD(mask, x.clone(), step_size=1.0, max_iterations=12,
+                                 min_gradient_norm=0.0, record_history=False, check_every=4,
+                                 jacobian_every=jacobian_every)
+        return solver.run(Problem(BehaviorManifold(denoiser, 0.1), zero, torch.zeros_like),
+                          initial_point=x)
+
+    res = solve(breaking, x0)
+    assert res.stop_reasons[1] == "diverged"
+    assert torch.isfinite(res.point).all()
+    alone = solve(den, x0[[0, 2]])
+    torch.testing.assert_close(res.point[[0, 2]], alone.point, rtol=0, atol=1e-12)

@@ -38,7 +38,25 @@ from ddcontrol.errors import DimensionError, NonFiniteError
 from ddcontrol.manifold import Linearization
 from ddcontrol.solvers.base import Evaluation, Solver, _Context
 
-__all__ = ["ConditionedDRGD"]
+__all__ = ["ConditionedDRGD", "damped_pinv"]
+
+
+def damped_pinv(gram_t: Tensor, damping: float) -> Tensor:
+    """The Tikhonov-damped pseudo-inverse ``(GᵀG + λ²I)⁻¹Gᵀ`` of a batch of k × k blocks
+    ``gram_t`` = G (B, k, k), λ = ``damping``.
+
+    A problem of the batch whose block is not finite (its denoiser output diverged) gets NaN,
+    which the solver's checks then report as diverged, and the others their exact inverse: for
+    such a matrix LAPACK returns invalid pivots and torch rejects the whole batch (on CPU from
+    k of about 200 on, e.g. the σ selection of a 100-step window with 225 pinned coordinates),
+    so one diverged problem would stop every other one.
+    """
+    gt = gram_t.transpose(1, 2)
+    eye = torch.eye(gram_t.shape[-1], dtype=gram_t.dtype, device=gram_t.device)
+    lhs = gt @ gram_t + damping ** 2 * eye
+    bad = ~torch.isfinite(lhs).flatten(1).all(dim=1)[:, None, None]  # no host sync
+    pinv = torch.linalg.solve(torch.where(bad, eye, lhs), torch.where(bad, 0.0, gt))
+    return torch.where(bad, torch.nan, pinv)
 
 
 class ConditionedDRGD(Solver):
@@ -107,7 +125,6 @@ class ConditionedDRGD(Solver):
         cot = torch.zeros(lead + n_pin, b, d, dtype=x0.dtype, device=x0.device)
         slots = torch.arange(lead, lead + n_pin, device=x0.device)
         cot[slots, :, index] = 1.0
-        eye = torch.eye(n_pin, dtype=x0.dtype, device=x0.device)
         self._refresh = True  # the first evaluation of a run always computes the rows
         # Chord iterations: Eᵀμ rides with ∇f (and the momentum); the Eᵀλ go in a second pass.
         chord = (torch.zeros(lead + 1, b, d, dtype=x0.dtype, device=x0.device)
@@ -115,7 +132,7 @@ class ConditionedDRGD(Solver):
         back = (torch.zeros(lead, b, d, dtype=x0.dtype, device=x0.device)
                 if chord is not None else None)
         return {"y": x0, "m": torch.zeros_like(x0), "target": target, "index": index,
-                "cot": cot.reshape(lead + n_pin, *x0.shape), "eye": eye, "rows": None,
+                "cot": cot.reshape(lead + n_pin, *x0.shape), "rows": None,
                 "pinv": None, "vectorize": None, "chord": chord, "back": back}
 
     def _evaluate(self, ctx: _Context, y: Tensor, sigma: float, check: bool = False
@@ -195,8 +212,7 @@ class ConditionedDRGD(Solver):
                 # Tikhonov-damped least squares (Levenberg-Marquardt): a learned Jacobian is
                 # noisy in the directions the pinned coordinates barely move, and an undamped
                 # inverse turns that noise into huge corrections.
-                gt = gram_t.transpose(1, 2)
-                pinv = torch.linalg.solve(gt @ gram_t + self.damping ** 2 * state["eye"], gt)
+                pinv = damped_pinv(gram_t, self.damping)
                 state["rows"], state["pinv"] = rows, pinv
             rows, pinv = state["rows"], state["pinv"]
             # All k × k solves of the iteration in one product: the multipliers λ of the

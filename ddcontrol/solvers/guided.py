@@ -50,6 +50,7 @@ from ddcontrol._validation import check_positive_float, check_positive_int
 from ddcontrol.errors import ConfigurationError, DimensionError, NonFiniteError
 from ddcontrol.manifold import Linearization
 from ddcontrol.solvers.base import Evaluation, Solver, _Context
+from ddcontrol.solvers.conditioned import damped_pinv
 from ddcontrol.solvers.problem import Problem
 from ddcontrol.solvers.result import SolverResult
 
@@ -206,9 +207,7 @@ class GuidedDiffusion(Solver):
         jac = ev.lin.vjp(cot.reshape(ev.lin.output.shape)).reshape(b, n_pin + 1, d)
         rows = jac[:, 1:]  # (B, k, d): e_iᵀ D'(y)
         gram_t = rows[:, :, idx].transpose(1, 2)  # E Rᵀ
-        eye = torch.eye(n_pin, dtype=p.dtype, device=p.device)
-        gt = gram_t.transpose(1, 2)
-        pinv = torch.linalg.solve(gt @ gram_t + self.damping ** 2 * eye, gt)
+        pinv = damped_pinv(gram_t, self.damping)
 
         def along_rows(t: Tensor) -> Tensor:
             lam = (pinv @ t.unsqueeze(-1)).squeeze(-1)

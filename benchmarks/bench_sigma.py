@@ -229,7 +229,7 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 CRITERIA = [(st, rule, plan) for plan in (False, True) for st in ("mean", "median")
-            for rule in ("argmin", "robust")]
+            for rule in ("argmin", "robust", "interior")]
 
 
 def criteria(args: argparse.Namespace) -> dict[str, Any]:

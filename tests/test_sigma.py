@@ -184,6 +184,23 @@ def test_pick_sigma_prefers_a_basin_to_a_cliff_edge():
         pick_sigma([0.1, 0.2], "nearest")
 
 
+def test_interior_rule_never_picks_an_end_of_the_grid_it_cannot_show_a_basin_at():
+    from ddcontrol.score.sigma import pick_sigma
+
+    # The linear systems' shape: flat at the top of the grid, robust takes the end (a window
+    # of two), interior the last point with both neighbours.
+    flat_top = [0.72, 0.68, 0.661, 0.660]
+    assert pick_sigma(flat_top, "robust") == 3
+    assert pick_sigma(flat_top, "interior") == 2
+    # Inside the grid both rules agree (the pendulum's shape).
+    basin = [0.3, 0.12, 0.10, 0.11, 0.4]
+    assert pick_sigma(basin, "interior") == pick_sigma(basin, "robust") == 2
+    # Nothing finite inside: as robust; one or two points: as robust.
+    assert pick_sigma([0.1, np.inf, 0.2], "interior") == pick_sigma([0.1, np.inf, 0.2], "robust")
+    assert pick_sigma([0.2, 0.1], "interior") == pick_sigma([0.2, 0.1], "robust") == 1
+    assert pick_sigma([0.3], "interior") == 0
+
+
 def test_statistic_is_the_median_or_mean_of_the_per_window_errors():
     from ddcontrol.score.sigma import conditioned_prediction_error
 

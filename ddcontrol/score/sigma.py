@@ -244,12 +244,12 @@ def pick_sigma(errors: Any, rule: str = "robust") -> int:
     the closed loop cost 1.01x / 1.33x / 5.8x the best σ's; ``benchmarks/bench_sigma.py``).
     ``interior``: the robust rule over the grid points with both neighbours only (a point at
     the end of the grid has one, so a flat criterion there cannot show a basin; ``robust``
-    where no interior window is finite, as on a grid of one or two points). Measured, not the default: on the σ sweep's 12
-    models it picks within 1 % of the best closed-loop σ on every one (the robust rule: within
-    3.9 %), and 0.2 instead of 0.3 on the linear systems, whose finite-horizon plans are then
-    within 1.2 % of the exact optimum instead of 2.6-4.6 %; but on the paper unicycle's model
-    0.2 replays 2.8x worse than the robust rule's 0.3 (``bench_sigma.py --criteria``,
-    ``conditioned_prediction_linear_sigma.json``).
+    where no interior window is finite, as on a grid of one or two points). Measured, not the
+    default: on the σ sweep's 12 models it picks within 1 % of the best closed-loop σ on every
+    one (the robust rule: within 3.9 %), and 0.2 instead of 0.3 on the linear systems, whose
+    finite-horizon plans are then within 1.2 % of the exact optimum instead of 2.6-4.6 %; but
+    on the paper unicycle's model 0.2 replays 2.8x worse than the robust rule's 0.3
+    (``bench_sigma.py --criteria``, ``conditioned_prediction_linear_sigma.json``).
     Ties go to the larger σ (the more conservative projection).
     """
     err = np.asarray(errors, dtype=float)

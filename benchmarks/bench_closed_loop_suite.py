@@ -51,6 +51,10 @@ rows of the pendulum and the unicycle are those above)::
     python benchmarks/bench_closed_loop_suite.py --threads 1 --steps 200 --systems unicycle \
         --seeds 1 2 --controllers deepc-tuned --results suite_unicycle_deepc-tuned_s1_s2
 
+``--data KEY=VALUE`` changes the data design (``trajectories=N`` and the excitation's
+parameters, e.g. ``amplitude=0.9``: own data and model folders, recorded in every row;
+``bench_data_design.py``), ``--tracker-set KEY=VALUE`` overrides tracker defaults (``sigma=0.3``).
+
 DeePC on the unicycle is slow (0.5-15 s per step): once the heading output winds far outside the
 data, OSQP needs thousands of ADMM iterations per QP, up to its 20,000 limit, before the Clarabel
 fallback solves it. Not run: the oracle's cross-check backends ``oracle-casadi`` /
@@ -133,26 +137,39 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 
 
-def _dataset(system: str, seed: int) -> TrajectoryDataset:
-    """The data of ``system`` for ``seed`` (collected once, shared by every model of it)."""
+def data_tag(design: dict[str, Any] | None) -> str:
+    """``-amplitude0.9-trajectories2500`` for a data design (sorted), ``""`` for the defaults."""
+    return "".join(f"-{k}{v}" for k, v in sorted((design or {}).items()))
+
+
+def _dataset(system: str, seed: int, design: dict[str, Any] | None = None
+             ) -> TrajectoryDataset:
+    """The data of ``system`` for ``seed`` (collected once, shared by every model of it).
+
+    ``design`` changes the data: ``trajectories`` (their number) and any parameter of the
+    system's excitation (e.g. ``amplitude``, ``bandwidth``); the system's defaults otherwise.
+    """
     spec, d = SYSTEMS[system], system_defaults(SYSTEMS[system]["env"])
-    path = MODELS / f"{system}-s{seed}-data.npz"
+    design = dict(design or {})
+    path = MODELS / f"{system}-s{seed}{data_tag(design)}-data.npz"
     if path.exists():
         return TrajectoryDataset.load(path)
-    data = collect(spec["env"], spec["n"], spec["length"], excitation=d.excitation,
-                   excitation_params=d.excitation_params, seed=seed)
+    n = int(design.pop("trajectories", spec["n"]))
+    data = collect(spec["env"], n, spec["length"], excitation=d.excitation,
+                   excitation_params={**d.excitation_params, **design}, seed=seed)
     data.save(path)
     return data
 
 
-def dataset_and_model(system: str, seed: int, steps: int, device: str, symmetry: str = "auto"
-                      ) -> tuple[TrajectoryDataset, Any]:
-    """Collect (once) the data and train (once) the model of ``system`` for ``seed``."""
+def dataset_and_model(system: str, seed: int, steps: int, device: str, symmetry: str = "auto",
+                      design: dict[str, Any] | None = None) -> tuple[TrajectoryDataset, Any]:
+    """Collect (once) the data and train (once) the model of ``system`` for ``seed`` (and the
+    data ``design`` of :func:`_dataset`)."""
     spec = SYSTEMS[system]
     folder = MODELS / (f"{system}-s{seed}-{steps}" + ("" if symmetry == "auto" else
-                                                      f"-sym{symmetry}"))
+                                                      f"-sym{symmetry}") + data_tag(design))
     d = system_defaults(spec["env"])
-    data = _dataset(system, seed)
+    data = _dataset(system, seed, design)
     if not (folder / "checkpoint.pt").exists():
         cfg = TrainConfig(out=str(folder), window=d.window, device=device, overwrite=True,
                           seed=seed, progress=False, steps=steps, symmetry=symmetry)
@@ -212,9 +229,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for seed in args.seeds:
             if "denoising" in args.controllers:
                 data, model = dataset_and_model(system, seed, args.train_steps, args.device,
-                                                args.symmetry)
+                                                args.symmetry, args.data)
             else:  # the baselines need the data only
-                data, model = _dataset(system, seed), None
+                data, model = _dataset(system, seed, args.data), None
             for ref_name, params in spec["references"]:
                 params = dict(params)
                 ref = make_reference(ref_name, env, args.steps, **params)
@@ -223,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 opts["device"] = args.device
                 if args.iteration_limited:
                     opts["step_time_budget"] = None
+                opts.update(args.tracker_set)
                 factories = {n: partial(make_controller, n, env, ref, d.Q, d.R,
                                         horizon=d.horizon, data=data, model=model, t_ini=d.t_ini,
                                         options=opts if n == "denoising" else None)
@@ -251,7 +269,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "solve_p95_ms": float(np.percentile(times, 95)) if times.size else None,
                         "solve_max_ms": float(times.max()) if times.size else None,
                         "dt_ms": ref.dt * 1e3, "bound_violations": r["bound_violations"],
-                        "failed": r["failed"], "error": r.get("error")})
+                        "failed": r["failed"], "error": r.get("error"),
+                        **({"data": args.data} if args.data else {}),
+                        **({"tracker_set": args.tracker_set} if args.tracker_set else {})})
                 print(f"{system} {label} seed {seed} ({time.perf_counter() - t0:.0f} s):\n"
                       f"{result.to_markdown()}", flush=True)
                 _write(path, rows, args)
@@ -341,6 +361,7 @@ def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> 
     doc = {"command": "python benchmarks/bench_closed_loop_suite.py " + " ".join(sys.argv[1:]),
            "threads": torch.get_num_threads(), "train_steps": args.train_steps,
            "steps": args.steps, "iteration_limited": args.iteration_limited,
+           **({"data": args.data} if getattr(args, "data", None) else {}),
            "summary": summary, "rows": rows}
     atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1, default=str).encode()))
     lines = ["Summary (per system and controller; cost ratios over the runs that have one):", "",
@@ -404,9 +425,19 @@ def main() -> None:
     p.add_argument("--iteration-limited", action="store_true",
                    help="no per-step time budget (each step runs its iterations): for a machine "
                         "shared with other jobs, where wall-clock budgets measure the load")
+    p.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="data design: trajectories=N and excitation parameters (amplitude=0.9, "
+                        "bandwidth=0.4); own data and model folders, recorded in every row")
+    p.add_argument("--tracker-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override the tracker's system defaults (Python literals: sigma=0.3)")
     p.add_argument("--merge", nargs="+", metavar="NAME",
                    help="only fold results/NAME.json files (separate runs) into the suite file")
     args = p.parse_args()
+    args.data = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in args.data)}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_geometry import tracker_overrides
+
+    args.tracker_set = tracker_overrides(args.tracker_set)
     if args.merge:
         print(json.dumps(merge(args.merge)["summary"], indent=1))
         return

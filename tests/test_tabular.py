@@ -197,6 +197,8 @@ def test_train_plan_and_track_from_measured_data_skip_replay(tmp_path):
     assert res.replay.skipped and np.isnan(s["replay_cost"]) and s["replay_beats_best_window"] is None
     assert np.isfinite(s["predicted_cost"]) and s["confidence"]["nearest_window_rms"] >= 0
     assert np.all(np.abs(res.plan.inputs) <= 5.0)
+    with pytest.raises(ConfigurationError, match="sigma must be a number"):
+        finite_horizon_experiment(model, data, ref, horizon=5, iterations=5, sigma=None)
 
     # The tracker as a policy on measured outputs only: no environment anywhere.
     problem = TrackingProblem.for_dataset(data, ref, 5)

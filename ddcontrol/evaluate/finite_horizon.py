@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ddcontrol._validation import check_positive_float
 from ddcontrol.data.dataset import TrajectoryDataset
 from ddcontrol.data.gym_env import EnvSimulator
 from ddcontrol.errors import ConfigurationError, DimensionError
@@ -120,10 +121,11 @@ class _Setup:
             from ddcontrol.score.sigma import resolve_sigma
 
             tracker_options["sigma"] = resolve_sigma(model, data, t_ini=t_ini or None)
+        # A clear error for None or a non-number before its first use (the trust estimator).
+        tracker_options["sigma"] = sigma = check_positive_float(tracker_options["sigma"], "sigma")
         if "trust" not in tracker_options:  # the plan's model-intrinsic confidence (issue 13)
             tracker_options["trust"] = TrustEstimator.from_model(
-                model, data, t_ini=t_ini,
-                repredict_sigma=float(tracker_options.get("sigma", 0.05)))
+                model, data, t_ini=t_ini, repredict_sigma=sigma)
         self.tracker = DenoisingTracker(model.denoiser, model.normalizer, problem,
                                         candidates=model.normalizer.normalize(
                                             symmetry.canonicalize(candidates)[0]),

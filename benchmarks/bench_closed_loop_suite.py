@@ -161,13 +161,19 @@ def _dataset(system: str, seed: int, design: dict[str, Any] | None = None
     return data
 
 
+def model_folder(system: str, seed: int, steps: int, symmetry: str = "auto",
+                 design: dict[str, Any] | None = None) -> Path:
+    """Where :func:`dataset_and_model` caches the model of ``system``, ``seed`` and ``design``."""
+    return MODELS / (f"{system}-s{seed}-{steps}" + ("" if symmetry == "auto" else
+                                                    f"-sym{symmetry}") + data_tag(design))
+
+
 def dataset_and_model(system: str, seed: int, steps: int, device: str, symmetry: str = "auto",
                       design: dict[str, Any] | None = None) -> tuple[TrajectoryDataset, Any]:
     """Collect (once) the data and train (once) the model of ``system`` for ``seed`` (and the
     data ``design`` of :func:`_dataset`)."""
     spec = SYSTEMS[system]
-    folder = MODELS / (f"{system}-s{seed}-{steps}" + ("" if symmetry == "auto" else
-                                                      f"-sym{symmetry}") + data_tag(design))
+    folder = model_folder(system, seed, steps, symmetry, design)
     d = system_defaults(spec["env"])
     data = _dataset(system, seed, design)
     if not (folder / "checkpoint.pt").exists():
@@ -361,7 +367,8 @@ def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> 
     doc = {"command": "python benchmarks/bench_closed_loop_suite.py " + " ".join(sys.argv[1:]),
            "threads": torch.get_num_threads(), "train_steps": args.train_steps,
            "steps": args.steps, "iteration_limited": args.iteration_limited,
-           **({"data": args.data} if getattr(args, "data", None) else {}),
+           **({"data": args.data} if args.data else {}),
+           **({"tracker_set": args.tracker_set} if args.tracker_set else {}),
            "summary": summary, "rows": rows}
     atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1, default=str).encode()))
     lines = ["Summary (per system and controller; cost ratios over the runs that have one):", "",
@@ -407,7 +414,9 @@ def merge(names: list[str]) -> dict[str, Any]:
     return doc
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``; default ``sys.argv``), with ``data`` and ``tracker_set``
+    parsed to dicts: also how other benchmarks call :func:`run`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -432,12 +441,17 @@ def main() -> None:
                    help="override the tracker's system defaults (Python literals: sigma=0.3)")
     p.add_argument("--merge", nargs="+", metavar="NAME",
                    help="only fold results/NAME.json files (separate runs) into the suite file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.data = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in args.data)}
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_geometry import tracker_overrides
 
     args.tracker_set = tracker_overrides(args.tracker_set)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.merge:
         print(json.dumps(merge(args.merge)["summary"], indent=1))
         return

@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_closed_loop_suite import MODELS, RESULTS, _dataset, _label, data_tag  # noqa: E402
+from bench_closed_loop_suite import (  # noqa: E402
+    RESULTS,
+    _dataset,
+    _label,
+    data_tag,
+    model_folder,
+)
 from bench_closed_loop_suite import SYSTEMS as SUITE  # noqa: E402
 
 from ddcontrol._io import atomic_write  # noqa: E402
@@ -53,19 +59,24 @@ def designs(args: argparse.Namespace) -> list[dict[str, Any]]:
             + [{"trajectories": n} for n in args.trajectories])
 
 
+def fixed_sigmas(design: dict[str, Any], args: argparse.Namespace) -> list[float | None]:
+    """The σ runs of a design: None (auto), then ``--sigmas`` for the amplitude designs."""
+    return [None, *(args.sigmas if "amplitude" in design else [])]
+
+
 def run(args: argparse.Namespace) -> None:
     """The suite for each design, seed and σ (its results files are resumable)."""
     import bench_closed_loop_suite as suite
 
     for design in designs(args):
-        for sigma in [None, *(args.sigmas if "amplitude" in design else [])]:
-            ns = argparse.Namespace(
-                systems=["unicycle"], seeds=args.seeds, controllers=["denoising"],
-                train_steps=8000, steps=200, symmetry="auto", device="cpu", fresh=False,
-                iteration_limited=True, data=design,
-                tracker_set={} if sigma is None else {"sigma": sigma},
-                results=result_name(design, sigma))
-            suite.run(ns)
+        for sigma in fixed_sigmas(design, args):
+            argv = ["--systems", "unicycle", "--seeds", *map(str, args.seeds),
+                    "--controllers", "denoising", "--train-steps", "8000",
+                    "--iteration-limited", "--results", result_name(design, sigma),
+                    "--data", *(f"{k}={v}" for k, v in design.items())]
+            if sigma is not None:
+                argv += ["--tracker-set", f"sigma={sigma}"]
+            suite.run(suite.parse_args(argv))
 
 
 def _coverage(seed: int, design: dict[str, Any]) -> dict[str, float]:
@@ -82,7 +93,7 @@ def _sigma_of(seed: int, design: dict[str, Any]) -> float | None:
     """The σ stored with a design's model (training's selection)."""
     from ddcontrol.score import load_model
 
-    folder = MODELS / f"unicycle-s{seed}-8000{data_tag(design)}"
+    folder = model_folder("unicycle", seed, 8000, design=design)
     return load_model(folder).sigma if (folder / "checkpoint.pt").exists() else None
 
 
@@ -91,9 +102,9 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
     oracle = {(r["reference"], r["seed"]): r["total_cost"] for r in suite_rows
               if r["system"] == "unicycle" and r["controller"] == "oracle"}
     labels = [_label(n, dict(p)) for n, p in SUITE["unicycle"]["references"]]
-    runs = []
+    runs, coverage = [], {}
     for design in [{}, *designs(args)]:
-        for sigma in [None, *(args.sigmas if "amplitude" in design else [])]:
+        for sigma in fixed_sigmas(design, args):
             if not design:
                 rows = [r for r in suite_rows if r["system"] == "unicycle"
                         and r["controller"] == "denoising"]
@@ -107,6 +118,9 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                 if not all(lab in cost for lab in labels):
                     continue
                 ratios = {lab: cost[lab] / oracle[(lab, seed)] for lab in labels}
+                key = (seed, data_tag(design))
+                if key not in coverage:  # a design's data serve its auto and fixed-σ rows
+                    coverage[key] = _coverage(seed, design)
                 runs.append({"design": {**DEFAULT, **design}, "changed": sorted(design),
                              "seed": seed,
                              "sigma": _sigma_of(seed, design) if sigma is None else sigma,
@@ -114,7 +128,7 @@ def summarise(args: argparse.Namespace) -> dict[str, Any]:
                              "cost_over_oracle": ratios,
                              "worst": max(ratios.values()),
                              "median": float(np.median(list(ratios.values()))),
-                             "data": _coverage(seed, design)})
+                             "data": coverage[key]})
     return {"benchmark": "data design (unicycle) against the closed loop",
             "command": "python benchmarks/bench_data_design.py " + " ".join(sys.argv[1:]),
             "default_design": DEFAULT, "references": labels, "runs": runs}

@@ -156,7 +156,6 @@ def test_chord_iterations_keep_exact_directions(momentum):
                                atol=1e-5)
 
 
-
 def _strict_solve(monkeypatch):
     """torch.linalg.solve that raises on a non-finite matrix, as LAPACK's invalid pivots make
     it do on CPU for some batch sizes and k of a few hundred (not reproducibly)."""

@@ -45,7 +45,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_closed_loop_suite import MODELS, SYSTEMS, _label, dataset_and_model  # noqa: E402
+from bench_closed_loop_suite import (  # noqa: E402
+    SYSTEMS,
+    _label,
+    dataset_and_model,
+    model_folder,
+)
 
 from ddcontrol._io import atomic_write  # noqa: E402
 from ddcontrol.evaluate.compare import compare  # noqa: E402
@@ -69,7 +74,7 @@ TRAIN_STEPS = {"msd": 4000, "coupled": 4000, "pendulum": 8000, "unicycle": 8000}
 
 def _model_ready(system: str, seed: int) -> bool:
     """The suite's model of ``system`` / ``seed`` is trained to the end (never train here)."""
-    log = MODELS / f"{system}-s{seed}-{TRAIN_STEPS[system]}" / "log.jsonl"
+    log = model_folder(system, seed, TRAIN_STEPS[system]) / "log.jsonl"
     if not log.exists():
         return False
     lines = log.read_text().strip().splitlines()
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
             if not _model_ready(system, seed):
                 print(f"{system} seed {seed}: model not trained yet, skipped", flush=True)
                 continue
-            folder = MODELS / f"{system}-s{seed}-{TRAIN_STEPS[system]}"
+            folder = model_folder(system, seed, TRAIN_STEPS[system])
             data, model = dataset_and_model(system, seed, TRAIN_STEPS[system], "cpu")
             key = f"{system}-s{seed}"
             if key not in doc["selection"] or args.restore_sigma or doc["selection"][key].get(

@@ -53,7 +53,8 @@ rows of the pendulum and the unicycle are those above)::
 
 ``--data KEY=VALUE`` changes the data design (``trajectories=N`` and the excitation's
 parameters, e.g. ``amplitude=0.9``: own data and model folders, recorded in every row;
-``bench_data_design.py``), ``--tracker-set KEY=VALUE`` overrides tracker defaults (``sigma=0.3``).
+``bench_data_design.py``), ``--tracker-set KEY=VALUE`` overrides tracker defaults (``sigma=0.3``),
+``--train-set KEY=VALUE`` training settings (``width=128``: own model folders).
 
 DeePC on the unicycle is slow (0.5-15 s per step): once the heading output winds far outside the
 data, OSQP needs thousands of ADMM iterations per QP, up to its 20,000 limit, before the Clarabel
@@ -72,7 +73,7 @@ linearisation is not stabilisable). Then, merged::
         suite_denoising_v2_pendulum suite_denoising_v2_unicycle suite_denoising_v2_msd \
         suite_denoising_v2_coupled suite_denoising_v3_pendulum suite_denoising_v3_unicycle \
         suite_denoising_v3_linear suite_denoising_v4_msd suite_denoising_v5_unicycle \
-        suite_denoising_v5_linear suite_denoising_v5_pendulum
+        suite_denoising_v5_linear suite_denoising_v5_pendulum suite_denoising_v6_unicycle
 
 The denoising rows of the merged table are the ``suite_denoising_v2_<system>`` runs (session 4
 code: cold start in ``reset``, explicit VJPs; every default, i.e. a per-step budget of 0.45 dt on
@@ -87,7 +88,9 @@ starts at ``reset``, the pendulum's σ 0.05, the unicycle's chord iterations
 mass-spring-damper's then by ``suite_denoising_v4_msd`` (its σ default 0.05 -> 0.2). All
 four are replaced by ``suite_denoising_v5_<unicycle|linear|pendulum>`` (session 6 defaults:
 ``sigma="auto"``, the σ training selected from held-out data; damping 0.01 on the linear
-systems), made the same way (``--train-steps 4000`` for msd and coupled).
+systems), made the same way (``--train-steps 4000`` for msd and coupled). The unicycle's
+are in turn replaced by ``suite_denoising_v6_unicycle`` (5 warm iterations per step instead
+of 20), made the same way.
 
 With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
 budget_check_unicycle``. Ablation without the symmetry: ``--symmetry none --results
@@ -162,23 +165,29 @@ def _dataset(system: str, seed: int, design: dict[str, Any] | None = None
 
 
 def model_folder(system: str, seed: int, steps: int, symmetry: str = "auto",
-                 design: dict[str, Any] | None = None) -> Path:
-    """Where :func:`dataset_and_model` caches the model of ``system``, ``seed`` and ``design``."""
+                 design: dict[str, Any] | None = None,
+                 train_set: dict[str, Any] | None = None) -> Path:
+    """Where :func:`dataset_and_model` caches the model of ``system``, ``seed``, ``design`` and
+    training overrides ``train_set``."""
     return MODELS / (f"{system}-s{seed}-{steps}" + ("" if symmetry == "auto" else
-                                                    f"-sym{symmetry}") + data_tag(design))
+                                                    f"-sym{symmetry}") + data_tag(design)
+                     + data_tag(train_set))
 
 
 def dataset_and_model(system: str, seed: int, steps: int, device: str, symmetry: str = "auto",
-                      design: dict[str, Any] | None = None) -> tuple[TrajectoryDataset, Any]:
+                      design: dict[str, Any] | None = None,
+                      train_set: dict[str, Any] | None = None) -> tuple[TrajectoryDataset, Any]:
     """Collect (once) the data and train (once) the model of ``system`` for ``seed`` (and the
-    data ``design`` of :func:`_dataset`)."""
+    data ``design`` of :func:`_dataset`; ``train_set``: :class:`TrainConfig` fields that
+    differ from the defaults, e.g. ``{"width": 128}``)."""
     spec = SYSTEMS[system]
-    folder = model_folder(system, seed, steps, symmetry, design)
+    folder = model_folder(system, seed, steps, symmetry, design, train_set)
     d = system_defaults(spec["env"])
     data = _dataset(system, seed, design)
     if not (folder / "checkpoint.pt").exists():
         cfg = TrainConfig(out=str(folder), window=d.window, device=device, overwrite=True,
-                          seed=seed, progress=False, steps=steps, symmetry=symmetry)
+                          seed=seed, progress=False, steps=steps, symmetry=symmetry,
+                          **(train_set or {}))
         t0 = time.perf_counter()
         train(cfg, data)
         print(f"trained {system} seed {seed}: {steps} steps in "
@@ -235,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for seed in args.seeds:
             if "denoising" in args.controllers:
                 data, model = dataset_and_model(system, seed, args.train_steps, args.device,
-                                                args.symmetry, args.data)
+                                                args.symmetry, args.data, args.train_set)
             else:  # the baselines need the data only
                 data, model = _dataset(system, seed, args.data), None
             for ref_name, params in spec["references"]:
@@ -277,7 +286,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "dt_ms": ref.dt * 1e3, "bound_violations": r["bound_violations"],
                         "failed": r["failed"], "error": r.get("error"),
                         **({"data": args.data} if args.data else {}),
-                        **({"tracker_set": args.tracker_set} if args.tracker_set else {})})
+                        **({"tracker_set": args.tracker_set} if args.tracker_set else {}),
+                        **({"train_set": args.train_set} if args.train_set else {})})
                 print(f"{system} {label} seed {seed} ({time.perf_counter() - t0:.0f} s):\n"
                       f"{result.to_markdown()}", flush=True)
                 _write(path, rows, args)
@@ -369,6 +379,7 @@ def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> 
            "steps": args.steps, "iteration_limited": args.iteration_limited,
            **({"data": args.data} if args.data else {}),
            **({"tracker_set": args.tracker_set} if args.tracker_set else {}),
+           **({"train_set": args.train_set} if getattr(args, "train_set", None) else {}),
            "summary": summary, "rows": rows}
     atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1, default=str).encode()))
     lines = ["Summary (per system and controller; cost ratios over the runs that have one):", "",
@@ -395,7 +406,8 @@ def merge(names: list[str]) -> dict[str, Any]:
             by_key[_key(r)] = r
     rows = list(by_key.values())
     path = RESULTS / "closed_loop_suite.json"
-    args = argparse.Namespace(train_steps=None, steps=None, iteration_limited=None)
+    args = argparse.Namespace(train_steps=None, steps=None, iteration_limited=None, data={},
+                              tracker_set={})
     doc = _write(path, rows, args)
     runs = {}
     for name in ["."] + names:
@@ -439,10 +451,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "bandwidth=0.4); own data and model folders, recorded in every row")
     p.add_argument("--tracker-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override the tracker's system defaults (Python literals: sigma=0.3)")
+    p.add_argument("--train-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override training settings (TrainConfig fields: width=128 depth=3); "
+                        "own model folders, recorded in every row")
     p.add_argument("--merge", nargs="+", metavar="NAME",
                    help="only fold results/NAME.json files (separate runs) into the suite file")
     args = p.parse_args(argv)
     args.data = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in args.data)}
+    args.train_set = {k: json.loads(v)
+                      for k, _, v in (pair.partition("=") for pair in args.train_set)}
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_geometry import tracker_overrides
 

@@ -212,6 +212,9 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     assert tracker.num_starts == d.num_starts == 8
     assert tracker.jacobian_every == d.jacobian_every == 5
     assert system_defaults("ddcontrol/DoublePendulum-v0").jacobian_every == 1
+    # 5 warm iterations per step on the unicycle (measured per system), 20 elsewhere.
+    assert tracker.iterations_per_step == d.iterations_per_step == 5
+    assert system_defaults("ddcontrol/DoublePendulum-v0").iterations_per_step == 20
     # The finite-horizon refinement: the system's iterations, at the plan's σ by default.
     assert tracker.refine_iterations == d.refine_iterations == 30
     assert tracker.refine_sigma == d.refine_sigma == 0.02 and tracker.config.damping == d.damping

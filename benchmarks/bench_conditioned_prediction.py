@@ -13,9 +13,16 @@ optimum from the same true state (:class:`~ddcontrol.baselines.LinearOracle`).
 Models: the closed-loop suite's (``benchmarks/models/suite/<system>-s<seed>-<steps>/``, trained
 if absent), with every tracker setting from :mod:`ddcontrol.tracking.defaults`.
 
+Every plan also carries the tracker's own confidence (:class:`~ddcontrol.trust.TrustEstimator`
+as :meth:`DenoisingTracker.from_model` builds it: the plan's σ and damping), so that the
+estimate is checked on the plans the tracker makes, from a measured past (``bench_trust.py``
+plans from rest): per system the plans it flags, its false alarms (flagged, replay deviation
+≤ 0.1) and misses (not flagged, deviation > 0.1).
+
 Writes ``benchmarks/results/conditioned_prediction.json``: per system ``median_deviation``,
-``p90_deviation``, ``worst_deviation``, ``plans``, and for linear systems ``median_cost_ratio``;
-the targets (median ≤ 0.05, p90 ≤ 0.15, linear median ratio ≤ 1.02) and every plan's row.
+``p90_deviation``, ``worst_deviation``, ``plans``, ``flagged``, ``false_alarms``, ``missed``,
+and for linear systems ``median_cost_ratio``; the targets (median ≤ 0.05, p90 ≤ 0.15, linear
+median ratio ≤ 1.02) and every plan's row.
 
 Run (the recorded results)::
 
@@ -45,10 +52,12 @@ from bench_geometry import tracker_overrides  # noqa: E402
 from ddcontrol._io import atomic_write  # noqa: E402
 from ddcontrol.baselines import LinearOracle  # noqa: E402
 from ddcontrol.data import collect, make_dynamics  # noqa: E402
+from ddcontrol.evaluate.replay import DRIFT_DEVIATION  # noqa: E402
 from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
 from ddcontrol.tracking.problem import TrackingProblem  # noqa: E402
 from ddcontrol.tracking.reference import Reference  # noqa: E402
 from ddcontrol.tracking.tracker import DenoisingTracker  # noqa: E402
+from ddcontrol.trust import TrustEstimator  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LINEAR = ("msd", "coupled")
@@ -81,6 +90,10 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
     opts["sigma"] = (d.resolve_sigma(model, data) if opts["sigma"] == "auto"
                      else float(opts["sigma"]))
     candidates = model.model_windows(data, max(1, model.window_length // 4))
+    trust = TrustEstimator.from_model(model, data, t_ini=t_ini, device=args.device,
+                                      repredict_sigma=opts["sigma"],
+                                      **{"repredict_damping": opts["damping"],
+                                         **args.trust_set})
     t0 = time.perf_counter()
     for i in range(args.plans):
         traj = int(rng.integers(held.num_trajectories))
@@ -91,7 +104,8 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
         problem = TrackingProblem.for_env(env, ref, n_h, Q=d.Q, R=d.R)
         tracker = DenoisingTracker(model.denoiser, model.normalizer, problem,
                                    candidates=candidates, t_ini=t_ini,
-                                   symmetry=model.symmetry, device=args.device, **opts)
+                                   symmetry=model.symmetry, device=args.device, trust=trust,
+                                   **opts)
         plan = tracker.plan(held.u[traj, k - t_ini:k], held.y[traj, k - t_ini:k],
                             current_y=held.y[traj, k], start=0)
         x0, u_prev = held.x[traj, k], held.u[traj, k - 1]
@@ -101,7 +115,8 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
                     / max(np.linalg.norm(y_true), 1e-12))
         cost = float(problem.cost(plan.inputs, y_true))
         row = {"trajectory": traj, "time": k, "deviation": dev, "replay_cost": cost,
-               "predicted_cost": plan.predicted_cost, "solve_time_s": plan.solve_time_s}
+               "predicted_cost": plan.predicted_cost, "solve_time_s": plan.solve_time_s,
+               "estimated_deviation": plan.estimated_deviation, "flagged": bool(plan.ood)}
         if system in LINEAR:
             oracle = LinearOracle(dyn, ref, d.Q, d.R, horizon=n_h)
             u_opt, y_opt = oracle.plan(x0, ref.window(0, n_h))
@@ -113,11 +128,15 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
                   + (f", cost / optimum {row['cost_ratio']:.4f}" if "cost_ratio" in row else ""),
                   flush=True)
     devs = np.array([r["deviation"] for r in rows])
+    flagged = np.array([r["flagged"] for r in rows])
+    drifting = devs > DRIFT_DEVIATION
     out: dict[str, Any] = {
         "env_id": env, "plans": len(rows), "t_ini": t_ini, "horizon": n_h,
         "sigma": opts["sigma"], "median_deviation": float(np.median(devs)),
         "p90_deviation": float(np.quantile(devs, 0.9)),
         "worst_deviation": float(devs.max()), "seconds": time.perf_counter() - t0,
+        "flagged": int(flagged.sum()), "false_alarms": int((flagged & ~drifting).sum()),
+        "missed": int((~flagged & drifting).sum()), "drifting": int(drifting.sum()),
         "model_steps": model.metadata.get("step"),
         "symmetry": model.symmetry.to_spec(), "rows": rows}
     if system in LINEAR:
@@ -142,15 +161,20 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="tracker options over the system defaults (values are Python "
                         "literals), for experiments; written with the results")
+    p.add_argument("--trust-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="TrustEstimator options over the tracker's (repredict_damping=0.05)")
     p.add_argument("--results", default="conditioned_prediction",
                    help="name of the JSON under benchmarks/results/")
     args = p.parse_args()
     args.set = tracker_overrides(args.set)
+    args.trust_set = tracker_overrides(args.trust_set)
     torch.set_num_threads(args.threads)
     path = RESULTS / f"{args.results}.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc.update({"command": "python benchmarks/bench_conditioned_prediction.py "
-                + " ".join(sys.argv[1:]), "targets": TARGETS, **({"options": args.set} if args.set else {})})
+                + " ".join(sys.argv[1:]), "targets": TARGETS,
+                **({"options": args.set} if args.set else {}),
+                **({"trust_options": args.trust_set} if args.trust_set else {})})
     for system in args.systems:
         res = run_system(system, args)
         doc[system] = res
@@ -160,7 +184,9 @@ def main() -> None:
                  if "median_cost_ratio" in res else "")
         print(f"{system}: {res['plans']} plans, deviation median {res['median_deviation']:.4f} "
               f"p90 {res['p90_deviation']:.4f} worst {res['worst_deviation']:.4f}{extra} "
-              f"({'met' if met else 'MISSED'}; {res['seconds']:.0f} s)", flush=True)
+              f"({'met' if met else 'MISSED'}; {res['seconds']:.0f} s); confidence: "
+              f"{res['flagged']} flagged, {res['false_alarms']} false alarms, "
+              f"{res['missed']} of {res['drifting']} drifting missed", flush=True)
         atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
 
 

@@ -167,6 +167,52 @@ def test_plan_iterations_zero_is_an_error_and_small_counts_are_honoured(files):
     assert tracker.plan(iterations=2).iterations == 2
 
 
+def test_the_plans_confidence_refits_the_past_as_the_plan_does(files, monkeypatch):
+    from ddcontrol.tracking.config import TrackerConfig
+    from ddcontrol.trust import TrustEstimator
+
+    model = load_model(files["model"])
+    data = TrajectoryDataset.load(files["data"])
+    problem = TrackingProblem.for_env(MSD, make_reference("step", MSD, 15), 15)
+    tuned = DenoisingTracker.from_model(model, problem, data, damping=0.01, iterations=5,
+                                        refine_iterations=2)
+    assert tuned.trust.repredict_damping == 0.01 and tuned.trust.repredict_sigma == tuned.sigma
+    plain = DenoisingTracker.from_model(model, problem, data, iterations=5, refine_iterations=2)
+    assert plain.trust.repredict_damping == TrackerConfig.damping
+    # The reprediction pins the current output when the plan measured it, and only then.
+    calls = []
+    original = TrustEstimator.__call__
+
+    def spy(self, plan, repredict=None, current_output=False):
+        calls.append((repredict, current_output))
+        return original(self, plan, repredict=repredict, current_output=current_output)
+
+    monkeypatch.setattr(TrustEstimator, "__call__", spy)
+    rng = np.random.default_rng(0)
+    t = tuned.t_ini
+    past_u, past_y = rng.normal(size=(t, 1)) * 0.1, rng.normal(size=(t, 1)) * 0.1
+    tuned.plan(past_u, past_y, current_y=np.array([0.05]))
+    tuned.plan(past_u, past_y)
+    tuned.plan(past_u, past_y, current_y=np.array([0.05]), refine=False)
+    assert calls == [(True, True), (True, False), (False, False)]
+
+
+def test_current_measured_reads_the_current_outputs_row():
+    from ddcontrol.tracking.measured import current_measured
+
+    block = torch.zeros(4, 3)  # T_ini = 3, m = 1, p = 2
+    assert current_measured(block, 3, 1) and not current_measured(None, 3, 1)
+    assert not current_measured(block[:3], 3, 1)  # no current row
+    block[3, 2] = float("nan")
+    assert not current_measured(block, 3, 1)
+    block[3, 0] = float("nan")  # the current input is never measured; only the outputs count
+    block[3, 2] = 0.0
+    assert current_measured(block, 3, 1)
+    batch = torch.zeros(2, 4, 3)
+    batch[1, 3, 1] = float("nan")  # a batch's mask is its first block's (as pinned())
+    assert current_measured(batch, 3, 1)
+
+
 # -- 4. written files honour the umask (shareable) --------------------------------------------
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_datasets_and_checkpoints_honour_the_umask(files, tmp_path, mask):

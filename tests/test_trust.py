@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddcontrol.errors import DimensionError
+from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.score.closed_form import EmpiricalDenoiser, LinearGaussianDenoiser
 from ddcontrol.trust import TrustEstimator, nearest_distance
 
@@ -304,3 +304,44 @@ def test_flagged_steps_reach_the_episode_and_the_plot(tmp_path):
     crosses = [a for a, k in calls if len(a) > 2 and a[2] == "x"]
     assert len(crosses) == 1 and list(crosses[0][0]) == list(t[flagged])
     assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def _double_integrator(n: int, seed: int, h: float = 0.1) -> torch.Tensor:
+    """Windows (n, L, 2) of p_{k+1} = p_k + h v_k, v_{k+1} = v_k + h u_k, output y = p: the
+    velocity is seen through the past only as small differences of positions (weakly
+    observable, as the mass-spring-damper's through 5 samples)."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((n, L))
+    p, v = np.zeros((n, L)), np.zeros((n, L))
+    p[:, 0], v[:, 0] = rng.standard_normal(n), rng.standard_normal(n)
+    for k in range(L - 1):
+        p[:, k + 1] = p[:, k] + h * v[:, k]
+        v[:, k + 1] = v[:, k] + h * u[:, k]
+    return torch.as_tensor(np.stack([u, p], axis=-1))
+
+
+def test_reprediction_fits_a_weakly_observable_past_with_the_plans_damping():
+    windows = _double_integrator(800, 0)
+    fit = LinearGaussianDenoiser.from_samples(windows, rank=L + 2)
+    den = LinearGaussianDenoiser(fit.mean.reshape(L, 2), fit.vectors,
+                                 torch.full((fit.rank,), 100.0, dtype=torch.float64))
+    plans = _double_integrator(8, 1)  # exact behaviour: the model predicts them exactly
+
+    def estimator(damping: float) -> TrustEstimator:
+        return TrustEstimator(den, windows[:600], held_out=windows[600:], input_dim=M, t_ini=3,
+                              repredict_iterations=20, repredict_sigma=1e-3,
+                              repredict_damping=damping, dtype=torch.float64)
+
+    # 20 pulls with a damping far above the past's small singular values leave its velocity
+    # unfitted, and the reprediction flags exact plans; the plan's own small damping does not.
+    loose, tight = estimator(0.05), estimator(1e-3)
+    assert loose.repredict_damping == 0.05 and tight.repredict_damping == 1e-3
+    assert loose(plans).reprediction.min() > 0.1 and loose(plans).ood.all()
+    assert tight(plans).reprediction.max() < 1e-6 and not tight(plans).ood.any()
+    # The measured current output pinned as the plan pins it: the position now fixes most of
+    # what the past's velocity left open.
+    pinned = loose(plans, current_output=True).reprediction
+    assert pinned.max() < 0.05 < loose(plans).reprediction.min()
+    assert tight(plans, current_output=True).reprediction.max() < 1e-6
+    with pytest.raises(ConfigurationError, match="repredict_damping"):
+        estimator(0.0)

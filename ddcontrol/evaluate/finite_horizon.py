@@ -23,7 +23,7 @@ from ddcontrol.symmetry import Identity
 from ddcontrol.tracking.batch import batch_problems, plan_batch
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
-from ddcontrol.tracking.tracker import DenoisingTracker, PlanResult
+from ddcontrol.tracking.tracker import DenoisingTracker, PlanResult, TrackerConfig
 from ddcontrol.trust import TrustEstimator
 
 
@@ -125,7 +125,8 @@ class _Setup:
         tracker_options["sigma"] = sigma = check_positive_float(tracker_options["sigma"], "sigma")
         if "trust" not in tracker_options:  # the plan's model-intrinsic confidence (issue 13)
             tracker_options["trust"] = TrustEstimator.from_model(
-                model, data, t_ini=t_ini, repredict_sigma=sigma)
+                model, data, t_ini=t_ini, repredict_sigma=sigma,
+                repredict_damping=tracker_options.get("damping", TrackerConfig.damping))
         self.tracker = DenoisingTracker(model.denoiser, model.normalizer, problem,
                                         candidates=model.normalizer.normalize(
                                             symmetry.canonicalize(candidates)[0]),

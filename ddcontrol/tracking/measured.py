@@ -22,7 +22,7 @@ from ddcontrol.errors import DimensionError
 from ddcontrol.symmetry import WindowSymmetry
 
 __all__ = ["PAST_MISMATCH_WEIGHT", "measured_block", "normalise_block", "pinned",
-           "write_measured", "past_mismatch"]
+           "current_measured", "write_measured", "past_mismatch"]
 
 #: Weight of a candidate's squared mismatch with the measured past in the cold-start score
 #: (per normalised unit²): a window from another state is a poor start, whatever its cost.
@@ -104,6 +104,15 @@ def pinned(measured: Tensor | None, shape: tuple[int, int], dtype: torch.dtype, 
         mask[:rows] = known if measured.ndim == 2 else known[0]
         values[..., :rows, :] = torch.nan_to_num(measured)
     return mask, values
+
+
+def current_measured(measured: Tensor | None, t_ini: int, m: int) -> bool:
+    """Whether a normalised block (T_ini + 1, C), or K of them (the first one's mask, as
+    :func:`pinned`), measures every output of row T_ini (the current output)."""
+    if measured is None or measured.shape[-2] <= t_ini:
+        return False
+    row = measured[t_ini, m:] if measured.ndim == 2 else measured[0, t_ini, m:]
+    return bool(torch.isfinite(row).all())
 
 
 def write_measured(x: Tensor, measured: Tensor | None) -> Tensor:

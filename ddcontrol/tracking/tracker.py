@@ -44,7 +44,7 @@ from ddcontrol.symmetry import Identity, WindowSymmetry
 from ddcontrol.tracking.cold_start import ColdStart, cost_scorer
 from ddcontrol.tracking.conditioning import make_conditioning
 from ddcontrol.tracking.config import CONDITIONINGS, SOLVERS, TrackerConfig
-from ddcontrol.tracking.measured import measured_block, normalise_block
+from ddcontrol.tracking.measured import current_measured, measured_block, normalise_block
 from ddcontrol.tracking.plan_solver import PlanSolvers
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.receding import RecedingHorizon, RecedingHorizonPolicy, StepRequest
@@ -374,9 +374,11 @@ class DenoisingTracker(RecedingHorizonPolicy):
         if dataset is not None and "trust" not in kwargs:
             from ddcontrol.trust import TrustEstimator
 
+            # The reprediction fits the measured past as the plan does (same σ and damping).
             kwargs["trust"] = TrustEstimator.from_model(
                 model, dataset, t_ini=past, device=kwargs["device"],
-                repredict_sigma=float(kwargs.get("sigma", 0.05)))
+                repredict_sigma=float(kwargs.get("sigma", 0.05)),
+                repredict_damping=float(kwargs.get("damping", TrackerConfig.damping)))
         return cls(model.denoiser, model.normalizer, problem, candidates=cand, t_ini=past,
                    **kwargs)
 
@@ -490,7 +492,8 @@ class DenoisingTracker(RecedingHorizonPolicy):
         # steps apply one input and keep the cheap measures (ddcontrol.trust).
         report = None
         if self.trust is not None and confidence == "now":
-            report = self.trust(x, repredict=refine).item(0)
+            report = self.trust(x, repredict=refine, current_output=refine and current_measured(
+                measured, self.t_ini, self.m)).item(0)
         solve_time = time.perf_counter() - start_t
         w = self.symmetry.act(frame, self.normalizer.denormalize(x[0].double().cpu().numpy()))
         fut = w[self.t_ini:]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
 from ddcontrol.baselines import make_baseline
 from ddcontrol.cli import main
 from ddcontrol.data import collect
+from ddcontrol.errors import ConfigurationError
 from ddcontrol.evaluate.closed_loop import run_episode
 from ddcontrol.evaluate.compare import COLUMNS, compare, write_comparison
 from ddcontrol.tracking.reference import make_reference
@@ -77,6 +80,53 @@ def test_warmup_applies_zero_input_and_same_seed_same_start():
     np.testing.assert_allclose(a.states, b.states)
 
 
+class ClockController:
+    """Records the wall-clock time of every call; acts in ``work`` seconds."""
+
+    name = "clock"
+
+    def __init__(self, work: float = 0.0) -> None:
+        self.work, self.calls = work, []
+
+    def reset(self, observation, info=None):
+        self.calls = []
+
+    def act(self, observation, info=None):
+        self.calls.append(time.perf_counter())
+        time.sleep(self.work)
+        return np.zeros(1)
+
+
+def test_paced_episode_takes_a_sample_per_sampling_time():
+    dt = gym.make(MSD).unwrapped.dt  # 0.1 s
+    fast = ClockController()
+    run_episode(MSD, fast, 4, paced=True)
+    gaps = np.diff(fast.calls)
+    assert gaps.min() >= dt - 1e-3  # a sample per dt, not as fast as the loop goes
+    run_episode(MSD, fast, 4)
+    assert np.diff(fast.calls).max() < dt / 2  # unpaced: the next sample at once
+    # A controller slower than dt delays the next sample; nothing is caught up later.
+    slow = ClockController(work=1.5 * dt)
+    episode = run_episode(MSD, slow, 3, paced=True)
+    assert np.diff(slow.calls).min() >= 1.5 * dt and episode.solve_times.min() >= 1.5 * dt
+    with pytest.raises(ConfigurationError, match="sampling time"):
+        run_episode(NoSamplingTimeEnv, fast, 2, paced=True)
+
+
+class NoSamplingTimeEnv(gym.Env):
+    """A minimal Gymnasium env that declares no sampling time."""
+
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float64)
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1), {}
+
+    def step(self, action):
+        return np.zeros(1), 0.0, False, False, {}
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A dataset and a tiny model (a few seconds of training): pipeline plumbing, not quality."""
@@ -130,6 +180,26 @@ def test_compare_cli_with_the_tracker(tiny_model, tmp_path):
     assert [r["error"] for r in payload["table"] if r["failed"]] == []
     assert all(np.isfinite(r["rms_error"]) for r in payload["table"])
     assert (out / "outputs.png").exists()
+
+
+def test_compare_cli_paced_runs_episodes_against_the_wall_clock(tiny_model, tmp_path,
+                                                               monkeypatch):
+    import importlib
+
+    compare_module = importlib.import_module("ddcontrol.evaluate.compare")  # not the function
+    data_path, _ = tiny_model
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("paced"))
+        return run_episode(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_episode", spy)
+    for flag in ([], ["--paced"]):
+        assert main(["compare", "--env", MSD, "--data", str(data_path), "--controllers",
+                     "oracle", "--reference", "step", "--length", "4", "--horizon", "3",
+                     "--warmup", "0", "--out", str(tmp_path / "paced"), "--quiet", *flag]) == 0
+    assert seen == [False, True]
 
 
 def test_demo_quick(tmp_path):

@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="solver iterations of a plan")
     p.add_argument("--iterations-per-step", type=positive_int, default=None,
                    help="closed loop: iterations per receding-horizon step (default: the "
-                        "system's, 20)")
+                        "system's: 20, 5 on the unicycle)")
     p.add_argument("--solver", default="nesterov", choices=SOLVERS)
     p.add_argument("--sigma", type=sigma_value, default=None,
                    help="σ of the projection (normalised units, or 'auto': the σ training "

@@ -107,7 +107,8 @@ def problem_env(problem: TrackingProblem, env: EnvLike | None, where: str
 def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: int | None = None,
                 *, seed: int = 0, initial_state: np.ndarray | None = None,
                 env_kwargs: dict[str, Any] | None = None, warmup: int | None = None,
-                warmup_input: np.ndarray | None = None, env: EnvLike | None = None) -> Episode:
+                warmup_input: np.ndarray | None = None, env: EnvLike | None = None,
+                paced: bool = False) -> Episode:
     """Run ``controller`` for ``length`` samples in a fresh episode.
 
     ``problem`` is a :class:`~ddcontrol.tracking.problem.TrackingProblem` (the episode runs in
@@ -128,6 +129,12 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
     early without an error; ``Episode.ended`` says which, and the metrics cover what ran.
     ``Episode.states`` holds the env's own state where it exposes one, else its observations
     (``Episode.state_source``).
+
+    ``paced`` runs the loop against the wall clock, as on a plant: each sample is taken one
+    sampling time (the env's ``dt``, seconds) after the previous one, or at once when the
+    controller took longer. Work a controller leaves to the background between samples (the
+    tracker's confidence estimate) then runs while it waits, as it would in use; unpaced, the
+    next sample comes as soon as the previous action is applied.
     """
     if isinstance(problem, TrackingProblem):
         if env_kwargs is not None:
@@ -148,6 +155,12 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
     steps, warmup = length, warmup or 0
     env, owned = make_env(env_id, env_kwargs)
     spec = env_spec(env)
+    dt = float(getattr(env.unwrapped, "dt", 0.0) or 0.0) if paced else 0.0
+    if paced and not (np.isfinite(dt) and dt > 0):
+        if owned:
+            env.close()
+        raise ConfigurationError("run_episode: paced=True needs the environment's sampling "
+                                 "time as a positive env.unwrapped.dt (seconds)")
     native = isinstance(getattr(env.unwrapped, "dynamics", None), Dynamics)
     obs, info = env.reset(seed=seed)
     access = StateAccess(env, info)
@@ -159,8 +172,12 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
         controller.reset(obs, info)
     except Exception as exc:  # noqa: BLE001 - a failing controller is a result, not a crash
         error = f"reset failed: {type(exc).__name__}: {exc}"
+    sample_at = time.perf_counter()
     for _ in range(steps if error is None else 0):
+        if paced:
+            time.sleep(max(0.0, sample_at - time.perf_counter()))
         start = time.perf_counter()
+        sample_at = start + dt
         try:
             action = np.asarray(controller.act(obs, info), dtype=np.float64).reshape(-1)
         except Exception as exc:  # noqa: BLE001

@@ -104,7 +104,8 @@ def compare(problem: TrackingProblem | EnvLike, controllers: Mapping[str, Callab
             seeds: Sequence[int] = (0,), score_from: int | None = None,
             env_kwargs: dict[str, Any] | None = None,
             initial_states: Sequence[np.ndarray] | None = None,
-            progress: bool = True, env: EnvLike | None = None) -> ComparisonResult:
+            progress: bool = True, env: EnvLike | None = None,
+            paced: bool = False) -> ComparisonResult:
     """Run every controller in closed loop for the reference's length in samples, per seed.
 
     ``compare(problem, controllers)``: the :class:`~ddcontrol.tracking.problem.TrackingProblem`
@@ -133,6 +134,8 @@ def compare(problem: TrackingProblem | EnvLike, controllers: Mapping[str, Callab
     initial_states : optional, one state per seed, instead of the env's random start.
     env : with a problem: the environment to run in, instead of the problem's ``env_id`` (an
         ``Env`` instance or a factory, e.g. for a problem built from measured data).
+    paced : run every episode against the wall clock, one sample per sampling time
+        (:func:`~ddcontrol.evaluate.closed_loop.run_episode`).
 
     Raises
     ------
@@ -188,7 +191,7 @@ def compare(problem: TrackingProblem | EnvLike, controllers: Mapping[str, Callab
             else:
                 x0 = None if initial_states is None else initial_states[i]
                 ep = run_episode(env_id, ctrl, steps, seed=seed, initial_state=x0,
-                                 env_kwargs=env_kwargs, warmup=score_from)
+                                 env_kwargs=env_kwargs, warmup=score_from, paced=paced)
                 ep.name = name
             ep.metrics = episode_metrics(ep, reference, Q, R, input_low=dyn.input_low,
                                          input_high=dyn.input_high, score_from=score_from)

@@ -379,7 +379,7 @@ def _write(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> 
            "steps": args.steps, "iteration_limited": args.iteration_limited,
            **({"data": args.data} if args.data else {}),
            **({"tracker_set": args.tracker_set} if args.tracker_set else {}),
-           **({"train_set": args.train_set} if getattr(args, "train_set", None) else {}),
+           **({"train_set": args.train_set} if args.train_set else {}),
            "summary": summary, "rows": rows}
     atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1, default=str).encode()))
     lines = ["Summary (per system and controller; cost ratios over the runs that have one):", "",
@@ -407,7 +407,7 @@ def merge(names: list[str]) -> dict[str, Any]:
     rows = list(by_key.values())
     path = RESULTS / "closed_loop_suite.json"
     args = argparse.Namespace(train_steps=None, steps=None, iteration_limited=None, data={},
-                              tracker_set={})
+                              tracker_set={}, train_set={})
     doc = _write(path, rows, args)
     runs = {}
     for name in ["."] + names:
@@ -457,9 +457,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", metavar="NAME",
                    help="only fold results/NAME.json files (separate runs) into the suite file")
     args = p.parse_args(argv)
-    args.data = {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in args.data)}
-    args.train_set = {k: json.loads(v)
-                      for k, _, v in (pair.partition("=") for pair in args.train_set)}
+    args.data, args.train_set = (
+        {k: json.loads(v) for k, _, v in (pair.partition("=") for pair in pairs)}
+        for pairs in (args.data, args.train_set))
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_geometry import tracker_overrides
 

@@ -57,7 +57,6 @@ from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
 from ddcontrol.tracking.problem import TrackingProblem  # noqa: E402
 from ddcontrol.tracking.reference import Reference  # noqa: E402
 from ddcontrol.tracking.tracker import DenoisingTracker  # noqa: E402
-from ddcontrol.trust import TrustEstimator  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LINEAR = ("msd", "coupled")
@@ -90,10 +89,8 @@ def run_system(system: str, args: argparse.Namespace) -> dict[str, Any]:
     opts["sigma"] = (d.resolve_sigma(model, data) if opts["sigma"] == "auto"
                      else float(opts["sigma"]))
     candidates = model.model_windows(data, max(1, model.window_length // 4))
-    trust = TrustEstimator.from_model(model, data, t_ini=t_ini, device=args.device,
-                                      repredict_sigma=opts["sigma"],
-                                      **{"repredict_damping": opts["damping"],
-                                         **args.trust_set})
+    trust = DenoisingTracker.default_trust(model, data, t_ini, opts, device=args.device,
+                                           **args.trust_set)
     t0 = time.perf_counter()
     for i in range(args.plans):
         traj = int(rng.integers(held.num_trajectories))

@@ -96,7 +96,7 @@ from ddcontrol.score.sigma import select_sigma  # noqa: E402
 from ddcontrol.solvers import Problem  # noqa: E402
 from ddcontrol.solvers.conditioned import ConditionedDRGD  # noqa: E402
 from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
-from ddcontrol.trust import TrustEstimator  # noqa: E402
+from ddcontrol.tracking.tracker import DenoisingTracker  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).parent / "models"
@@ -333,9 +333,9 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
     old_rule = (true_cost > DRIFT_COST_RATIO * pred_cost) & label
     new_rule = label | worse
     # The estimator the tracker builds for this system: the plan's σ and damping.
-    trust = TrustEstimator.from_model(model, data, repredict_sigma=sigma,
-                                      repredict_damping=system_defaults(s["env"]).damping,
-                                      **args.trust)
+    trust = DenoisingTracker.default_trust(
+        model, data, 0, {"sigma": sigma, "damping": system_defaults(s["env"]).damping},
+        **args.trust)
     report = trust(torch.as_tensor(plans))
     kinds_arr = np.array(kinds)
     # A reprediction whose solves both stalled is NaN (the estimate falls back): ranked last.

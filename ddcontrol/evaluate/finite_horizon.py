@@ -23,8 +23,7 @@ from ddcontrol.symmetry import Identity
 from ddcontrol.tracking.batch import batch_problems, plan_batch
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
-from ddcontrol.tracking.tracker import DenoisingTracker, PlanResult, TrackerConfig
-from ddcontrol.trust import TrustEstimator
+from ddcontrol.tracking.tracker import DenoisingTracker, PlanResult
 
 
 @dataclass
@@ -122,11 +121,10 @@ class _Setup:
 
             tracker_options["sigma"] = resolve_sigma(model, data, t_ini=t_ini or None)
         # A clear error for None or a non-number before its first use (the trust estimator).
-        tracker_options["sigma"] = sigma = check_positive_float(tracker_options["sigma"], "sigma")
+        tracker_options["sigma"] = check_positive_float(tracker_options["sigma"], "sigma")
         if "trust" not in tracker_options:  # the plan's model-intrinsic confidence (issue 13)
-            tracker_options["trust"] = TrustEstimator.from_model(
-                model, data, t_ini=t_ini, repredict_sigma=sigma,
-                repredict_damping=tracker_options.get("damping", TrackerConfig.damping))
+            tracker_options["trust"] = DenoisingTracker.default_trust(model, data, t_ini,
+                                                                      tracker_options)
         self.tracker = DenoisingTracker(model.denoiser, model.normalizer, problem,
                                         candidates=model.normalizer.normalize(
                                             symmetry.canonicalize(candidates)[0]),

@@ -372,15 +372,24 @@ class DenoisingTracker(RecedingHorizonPolicy):
 
             kwargs["sigma"] = resolve_sigma(model, dataset, t_ini=past or None)
         if dataset is not None and "trust" not in kwargs:
-            from ddcontrol.trust import TrustEstimator
-
-            # The reprediction fits the measured past as the plan does (same σ and damping).
-            kwargs["trust"] = TrustEstimator.from_model(
-                model, dataset, t_ini=past, device=kwargs["device"],
-                repredict_sigma=float(kwargs.get("sigma", 0.05)),
-                repredict_damping=float(kwargs.get("damping", TrackerConfig.damping)))
+            kwargs["trust"] = cls.default_trust(model, dataset, past, kwargs,
+                                                device=kwargs["device"])
         return cls(model.denoiser, model.normalizer, problem, candidates=cand, t_ini=past,
                    **kwargs)
+
+    @staticmethod
+    def default_trust(model: Any, dataset: Any, t_ini: int, options: dict[str, Any],
+                      **overrides: Any) -> Any:
+        """The plans' confidence estimator for a tracker built with keyword arguments
+        ``options``: a :class:`~ddcontrol.trust.TrustEstimator` on ``dataset`` whose
+        re-prediction fits the measured past (T_ini = ``t_ini``) as the plan does, with the
+        plan's σ and damping; ``overrides``: its other keyword arguments (``device``...)."""
+        from ddcontrol.trust import TrustEstimator
+
+        return TrustEstimator.from_model(model, dataset, t_ini=t_ini, **{
+            "repredict_sigma": float(options.get("sigma", 0.05)),
+            "repredict_damping": float(options.get("damping", TrackerConfig.damping)),
+            **overrides})
 
     # -- the pieces, read as attributes -----------------------------------------------------
     @property

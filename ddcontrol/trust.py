@@ -83,7 +83,7 @@ __all__ = ["TrustReport", "TrustEstimator", "nearest_distance", "DEFAULT_THRESHO
 DEFAULT_THRESHOLD = 0.1
 """Estimated deviation above which a plan is flagged (the replay-side drift level)."""
 
-ON_OOD_POLICIES = ("warn", "hold", "fallback", "raise")
+ON_OOD_POLICIES = ("warn", "hold", "fallback", "raise", "escalate")
 """What a closed-loop tracker does at a flagged step (see ``DenoisingTracker(on_ood=...)``)."""
 
 

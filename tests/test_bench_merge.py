@@ -1,4 +1,5 @@
-"""The closed-loop suite's documented ``--merge`` command (benchmarks are scripts, not a package)."""
+"""The closed-loop suite's documented ``--merge`` command and the escalation summary (benchmarks
+are scripts, not a package)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _suite_module():
+def _bench_module(name: str):
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("bench_suite_for_test",
-                                                      BENCH / "bench_closed_loop_suite.py")
+        spec = importlib.util.spec_from_file_location(f"{name}_for_test", BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCH))
     return module
+
+
+def _suite_module():
+    return _bench_module("bench_closed_loop_suite")
 
 
 def _row(controller: str, cost: float, seed: int = 0) -> dict:
@@ -46,3 +50,36 @@ def test_merge_folds_result_files_and_the_last_named_wins(tmp_path, monkeypatch)
     assert on_disk["rows"] == doc["rows"] and "data" not in on_disk
     table = (tmp_path / "closed_loop_suite.md").read_text()
     assert "| msd | denoising | 2 | 1.1 | 1.1 |" in table
+
+
+
+def test_escalation_summary_compares_policies_run_by_run(tmp_path, monkeypatch):
+    bench = _bench_module("bench_escalation")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+
+    def rows(*runs):  # (seed, cost, flagged, escalated_at)
+        return {"rows": [{**_row("denoising", cost, seed), "ood_steps": flagged,
+                          "escalated_at": at} for seed, cost, flagged, at in runs]}
+
+    def write(name, doc):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+
+    write("closed_loop_suite", {"rows": [_row("oracle", 2.0, 0), _row("oracle", 4.0, 1)]})
+    write(bench.STRESS["warn"], rows((0, 20.0, 90, None), (1, 4.4, 1, None)))
+    write(bench.STRESS["escalate"], rows((0, 3.0, 12, 19), (1, 4.4, 1, None)))
+    write(bench.STRESS["sigma 0.3"], rows((0, 2.4, 0, None), (1, 6.0, 0, None)))
+    write(bench.CHECK["escalate"][0], rows((0, 2.2, 0, None), (1, 16.0, 15, 24)))
+    write(bench.CHECK["warn"][0], rows((0, 2.2, 0, None), (1, 4.0, 12, None)))
+    result = bench.main(["--out", str(tmp_path / "escalation.json")])
+    stress = result["stress"]["summary"]
+    assert stress["warn"] == {"runs": 2, "median": (10.0 + 1.1) / 2, "worst": 10.0}
+    assert stress["escalate"]["worst"] == 1.5 and stress["sigma 0.3"]["worst"] == 1.5
+    run0 = result["stress"]["runs"][0]
+    assert run0["escalate"] == {"total_cost": 3.0, "cost_ratio": 1.5, "ood_steps": 12,
+                                "escalated_at": 19}
+    check = result["check"]["summary"]
+    assert check["runs"] == 2 and check["escalated_runs"] == 1 and check["max_flagged_steps"] == 15
+    assert check["unescalated_cost_over_warn"] == {"min": 1.0, "max": 1.0}
+    escalated = [r for r in result["check"]["runs"] if r["escalated_at"] is not None]
+    assert escalated[0]["cost_over_warn"] == 4.0 and escalated[0]["warn_cost_ratio"] == 1.0
+    assert (tmp_path / "escalation.md").read_text().count("| random | ") == 2

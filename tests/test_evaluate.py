@@ -15,6 +15,7 @@ from ddcontrol.data import collect
 from ddcontrol.errors import ConfigurationError
 from ddcontrol.evaluate.closed_loop import run_episode
 from ddcontrol.evaluate.compare import COLUMNS, compare, write_comparison
+from ddcontrol.evaluate.controllers import make_controller
 from ddcontrol.tracking.reference import make_reference
 
 MIMO = "ddcontrol/CoupledMasses-v0"
@@ -167,15 +168,30 @@ def test_track_cli_finite_horizon_and_closed_loop(tiny_model, tmp_path):
               "--out", str(out)])
 
 
-def test_compare_cli_with_the_tracker(tiny_model, tmp_path):
+def test_compare_cli_with_the_tracker(tiny_model, tmp_path, monkeypatch):
+    import importlib
+
+    cli = importlib.import_module("ddcontrol.cli.compare")
+    built = []
+
+    def spy(name, *args, **kwargs):
+        controller = make_controller(name, *args, **kwargs)
+        built.append(controller)
+        return controller
+
+    monkeypatch.setattr(cli, "make_controller", spy)
     data_path, model_dir = tiny_model
     out = tmp_path / "cmp"
     rc = main(["compare", "--env", MSD, "--data", str(data_path), "--model", str(model_dir),
                "--controllers", "denoising,deepc,oracle", "--reference", "sine", "--length", "15",
-               "--horizon", "10", "--iterations-per-step", "3", "--out", str(out), "--quiet"])
+               "--horizon", "10", "--iterations-per-step", "3", "--on-ood", "escalate",
+               "--out", str(out), "--quiet"])
     assert rc == 0
     payload = json.loads((out / "results.json").read_text())
     assert [r["controller"] for r in payload["table"]] == ["denoising", "deepc", "oracle"]
+    # The policy reached the tracker; none escalated (the count is in every row).
+    assert [c.on_ood for c in built if c.name == "denoising"] == ["escalate"]
+    assert [r["escalated"] for r in payload["table"]] == [0, 0, 0]
     # A controller that crashes still gets a row: none of these may have failed.
     assert [r["error"] for r in payload["table"] if r["failed"]] == []
     assert all(np.isfinite(r["rms_error"]) for r in payload["table"])

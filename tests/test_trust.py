@@ -167,7 +167,7 @@ class _CountingFallback:
         return np.array([0.25])
 
 
-def _closed_loop_tracker(threshold: float, on_ood: str, fallback=None):
+def _closed_loop_tracker(threshold: float, on_ood: str, fallback=None, **options):
     from ddcontrol.data import collect
     from ddcontrol.tracking import DenoisingTracker, TrackingProblem
 
@@ -185,7 +185,8 @@ def _closed_loop_tracker(threshold: float, on_ood: str, fallback=None):
     return DenoisingTracker(den, data.normalizer, prob, candidates=windows, t_ini=t_ini,
                             sigma=1e-3, iterations=30, iterations_per_step=5,
                             refine_iterations=0, dtype=torch.float64, damping=1e-3,
-                            max_step=None, trust=trust, on_ood=on_ood, fallback=fallback)
+                            max_step=None, trust=trust, on_ood=on_ood, fallback=fallback,
+                            **options)
 
 
 def _run(tracker, steps: int = 10) -> list[np.ndarray]:
@@ -232,6 +233,75 @@ def test_tracker_rejects_bad_policies():
         _closed_loop_tracker(0.1, "ignore")
     with pytest.raises(ConfigurationError):
         _closed_loop_tracker(0.1, "fallback", None)
+
+
+def test_escalation_counts_persistent_flags_over_the_last_horizon():
+    from ddcontrol.symmetry import Identity
+    from ddcontrol.tracking.receding import ESCALATION_FRACTION, EpisodeState, RecedingHorizon
+
+    def rules(policy: str) -> RecedingHorizon:
+        return RecedingHorizon(3, 1, 1, np.zeros(1), Identity(), None, 5, policy,
+                               escalation_window=9)
+
+    assert ESCALATION_FRACTION == pytest.approx(1 / 3)
+    state = EpisodeState(outputs=[np.zeros(1)] * 12, flagged=[4, 11])  # k = 12
+    assert not rules("escalate").should_escalate(state)  # 2 of the last 9 (4 is older)
+    state.flagged.append(12)
+    assert rules("escalate").should_escalate(state)  # 3 of 9: a third
+    assert not rules("warn").should_escalate(state)  # only under "escalate"
+    state.escalated_at = 12
+    assert not rules("escalate").should_escalate(state)  # once per episode
+
+
+def test_escalate_plans_at_the_conservative_sigma_once_flags_persist():
+    flagged = _closed_loop_tracker(1e-12, "escalate")  # every plan is flagged
+    assert flagged.escalate_sigma == 0.3 and flagged.sigma == 1e-3
+    sigmas = []
+    solve = flagged._solve
+
+    def recorded(request, **kw):
+        sigmas.append((request.k, flagged.manifold.sigma))
+        return solve(request, **kw)
+
+    flagged._solve = recorded
+    with pytest.warns(RuntimeWarning, match="sigma 0.3 instead of 0.001 for the rest"):
+        _run(flagged, steps=14)
+    # A third of the 8-step horizon is 3 flagged steps: 3, 4 and 5, counted at step 6 (each
+    # step awaits the previous step's estimate, which ran in the background).
+    assert flagged.escalated_at == 6
+    assert all(s == (0.3 if step >= 6 else 1e-3) for step, s in sigmas)
+    assert flagged.ood_steps == 14 - flagged.t_ini  # the flags are still counted
+    flagged.reset(np.zeros(1), {})
+    assert flagged.escalated_at is None and flagged.manifold.sigma == 1e-3
+    quiet = _closed_loop_tracker(1e9, "escalate")  # nothing flagged: exactly "warn"
+    np.testing.assert_array_equal(_run(quiet, steps=14), _run(
+        _closed_loop_tracker(1e9, "warn"), steps=14))
+    assert quiet.escalated_at is None and quiet.ood_steps == 0
+    # A conservative σ not above the plans' has nothing to offer: flags only.
+    same = _closed_loop_tracker(1e-12, "escalate", escalate_sigma=1e-3)
+    with pytest.warns(RuntimeWarning, match="flagged"):
+        _run(same, steps=14)
+    assert same.escalated_at is None and same.ood_steps == 14 - same.t_ini
+
+
+def test_escalate_policy_is_checked_and_a_fleet_escalates_like_single_episodes():
+    from ddcontrol.evaluate.fleet import run_fleet
+    from ddcontrol.tracking import TrackerConfig
+
+    with pytest.raises(ConfigurationError, match="escalate_sigma"):
+        TrackerConfig(on_ood="escalate", escalate_sigma=-0.3)
+    # A fleet escalates each episode as run_episode does (one batch per projection).
+    from ddcontrol.evaluate.closed_loop import run_episode
+
+    msd = "ddcontrol/MassSpringDamper-v0"
+    tracker = _closed_loop_tracker(1e-12, "escalate")
+    with pytest.warns(RuntimeWarning, match="for the rest of the episode"):
+        fleet = run_fleet(tracker, msd, [tracker.reference] * 2, 14, seeds=[0, 1])
+        alone = [run_episode(msd, _closed_loop_tracker(1e-12, "escalate"), 14, seed=i)
+                 for i in (0, 1)]
+    for ep, single in zip(fleet, alone):
+        assert ep.escalated_at == single.escalated_at == 6
+        np.testing.assert_allclose(ep.inputs, single.inputs, atol=1e-8)
 
 
 def test_reprediction_recovers_the_model_response_on_a_subspace():

@@ -67,6 +67,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations-per-step", type=positive_int, default=None,
                    help="tracker solver iterations per step (default: the system's: 20, 5 on the "
                         "unicycle)")
+    p.add_argument("--on-ood", default=None, choices=("warn", "hold", "raise", "escalate"),
+                   help="the tracker's policy for plans its confidence flags out of the data "
+                        "(default warn; escalate: warn, and once a third of the last "
+                        "horizon's steps are flagged, plan at sigma 0.3 for the rest of the "
+                        "episode); flagged steps are counted in the table's OOD column")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the tracker's model)")
     add_threads_argument(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -146,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                                  f"{args.length} samples to score; raise --length or lower "
                                  "--warmup")
     tracker_opts = {k: v for k, v in (("sigma", args.sigma),
-                                       ("iterations_per_step", args.iterations_per_step))
+                                       ("iterations_per_step", args.iterations_per_step),
+                                       ("on_ood", args.on_ood))
                     if v is not None}
 
     ref = make_reference(args.reference, args.env, args.length, **params)

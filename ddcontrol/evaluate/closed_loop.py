@@ -63,6 +63,9 @@ class Episode:
         ``ood_steps``); None for controllers that do not measure it.
     flagged_steps : list of int or None
         Which steps those were (sample indices; marked in the comparison's output plot).
+    escalated_at : int or None
+        The step from which a DenoisingTracker under ``on_ood="escalate"`` planned with its
+        conservative projection (None: it did not, or the controller has no such policy).
     """
 
     name: str
@@ -77,6 +80,7 @@ class Episode:
     state_source: str = "info"
     ood_steps: int | None = None
     flagged_steps: list[int] | None = None
+    escalated_at: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -214,7 +218,8 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
                    np.array(req).reshape(-1, m), np.array(xs), np.array(times), error,
                    ended=ended, state_source=access.source,
                    ood_steps=getattr(controller, "ood_steps", None),
-                   flagged_steps=getattr(controller, "flagged_steps", None))
+                   flagged_steps=getattr(controller, "flagged_steps", None),
+                   escalated_at=getattr(controller, "escalated_at", None))
 
 
 def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: Any = None,
@@ -230,8 +235,9 @@ def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: A
     Returns ``rms_error`` (RMS over tracked channels and samples, output units), ``total_cost``
     (Σ uᵀRu + eᵀQe), ``input_energy`` (Σ‖u‖²), ``bound_violations`` (samples where the
     controller asked for an input outside the actuator limits), ``mean_solve_ms`` and
-    ``max_solve_ms``, ``steps`` scored, ``failed``, and ``ood_steps`` (steps the controller
-    flagged out of its data, None where it does not measure it).
+    ``max_solve_ms``, ``steps`` scored, ``failed``, ``ood_steps`` (steps the controller
+    flagged out of its data, None where it does not measure it) and ``escalated_at`` (the step
+    from which a tracker under ``on_ood="escalate"`` planned conservatively, or None).
 
     Raises
     ------
@@ -264,6 +270,7 @@ def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: A
     k = len(episode.outputs)
     out: dict[str, Any] = {"failed": episode.failed, "error": episode.error, "steps": k}
     out["ood_steps"] = episode.ood_steps  # flagged steps (None: not measured)
+    out["escalated_at"] = episode.escalated_at
     if k <= score_from:
         out.update(rms_error=float("inf"), total_cost=float("inf"), input_energy=float("nan"),
                    bound_violations=0, mean_solve_ms=float("nan"), max_solve_ms=float("nan"))

@@ -211,6 +211,8 @@ def compare(problem: TrackingProblem | EnvLike, controllers: Mapping[str, Callab
         row["bound_violations"] = int(np.sum([m["bound_violations"] for m in ms]))
         ood = [m.get("ood_steps") for m in ms if m.get("ood_steps") is not None]
         row["ood_steps"] = int(np.sum(ood)) if ood else None  # steps flagged out of the data
+        # Episodes whose tracker escalated to its conservative projection (on_ood="escalate").
+        row["escalated"] = sum(m.get("escalated_at") is not None for m in ms)
         row["failed"] = any(m["failed"] for m in ms)
         row["error"] = next((m["error"] for m in ms if m["error"]), None)
         if "oracle" in metrics and not any(m["failed"] for m in metrics["oracle"]):

@@ -14,6 +14,7 @@ leave the batch; the others go on.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from ddcontrol.data.gym_env import EnvLike, StateAccess, applied_action, env_spe
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.evaluate.closed_loop import Episode, episode_metrics
 from ddcontrol.tracking.batch import batch_problems, plan_batch
-from ddcontrol.tracking.receding import EpisodeState
+from ddcontrol.tracking.receding import EpisodeState, escalation_message
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.tracker import DenoisingTracker
 from ddcontrol.trust import OutOfDistributionError
@@ -174,7 +175,8 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
                      np.array(run.us).reshape(-1, m), np.array(run.req).reshape(-1, m),
                      np.array(run.xs), np.array(run.times), run.error, ended=run.ended,
                      state_source=run.access.source, ood_steps=len(run.state.flagged),
-                     flagged_steps=list(run.state.flagged))
+                     flagged_steps=list(run.state.flagged),
+                     escalated_at=run.state.escalated_at)
         ep.metrics = episode_metrics(ep, ref, tracker.problem.Q_matrix,
                                      tracker.problem.R_matrix, input_low=run.spec.input_low,
                                      input_high=run.spec.input_high, score_from=score_from)
@@ -203,19 +205,38 @@ def _act(tracker: DenoisingTracker, active: list[_Run], problems: list[Any], ind
     """Measure every active episode's output and return its input (None: the episode failed),
     by the receding-horizon rules of :meth:`DenoisingTracker.act`, with one batched plan."""
     rules = tracker.rules
+    for run in active:  # as DenoisingTracker.act under on_ood="escalate"
+        if rules.should_escalate(run.state) and tracker.escalation is not None:
+            run.state.escalated_at = k
+            warnings.warn(escalation_message(k, rules.escalation_window, tracker.escalation),
+                          RuntimeWarning, stacklevel=3)
     ys = [np.asarray(run.obs, dtype=float).reshape(tracker.p) for run in active]
     requests = [rules.request(run.state, y) for run, y in zip(active, ys)]
-    # The episodes move in step: all warm, all continuing their first plans, or all cold.
+    # The episodes move in step: all warm, all continuing their first plans, or all cold. One
+    # batch per projection: the episodes that escalated (on_ood="escalate") plan at the
+    # tracker's conservative σ.
     req = requests[0]
+    plans: list[Any] = [None] * len(active)
     if req.solve:
+        groups: dict[bool, list[int]] = {}
+        for i, run in enumerate(active):
+            groups.setdefault(run.state.escalated_at is not None, []).append(i)
         try:
-            res = plan_batch(tracker, start=[r.start for r in requests],
-                             references=[problems[i] for i in index],
-                             blocks=np.stack([r.block for r in requests]),
-                             initial_point=None if req.initial_point is None
-                             else np.stack([r.initial_point for r in requests]),
-                             iterations=req.iterations, refine=False, max_time=budget,
-                             confidence=not req.warmup)
+            for escalated, members in groups.items():
+                tracker.use_escalated(escalated)
+                try:
+                    res = plan_batch(
+                        tracker, start=[requests[i].start for i in members],
+                        references=[problems[index[i]] for i in members],
+                        blocks=np.stack([requests[i].block for i in members]),
+                        initial_point=None if req.initial_point is None
+                        else np.stack([requests[i].initial_point for i in members]),
+                        iterations=req.iterations, refine=False, max_time=budget,
+                        confidence=not req.warmup)
+                finally:
+                    tracker.use_escalated(False)
+                for n, i in enumerate(members):
+                    plans[i] = res.plan(n)
         except Exception as exc:  # noqa: BLE001 - a failed solve ends the episodes, as in run_episode
             for run in active:
                 run.error = f"{type(exc).__name__}: {exc}"
@@ -224,10 +245,10 @@ def _act(tracker: DenoisingTracker, active: list[_Run], problems: list[Any], ind
     for i, (run, y) in enumerate(zip(active, ys)):
         if req.warmup:
             if req.solve:  # the first plan again, with one more measured output; not applied
-                run.state.first_plan = res.plan(i)
+                run.state.first_plan = plans[i]
             u = rules.warmup_input.copy()
         else:
-            plan = res.plan(i)
+            plan = plans[i]
             rules.remember(run.state, plan)
             try:
                 u = rules.choose_input(run.state, k, plan)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ddcontrol._validation import check_positive_float, check_positive_int
 from ddcontrol.errors import ConfigurationError, UnknownNameError
+from ddcontrol.score.sigma import SIGMA_GRID
 from ddcontrol.solvers import Solver
 from ddcontrol.trust import ON_OOD_POLICIES
 
@@ -37,7 +38,8 @@ class TrackerConfig:
 
     The fields are the tracker's keywords of the same names (documented there); ``t_ini`` is
     T_ini in samples, σ values are in normalised units, times in seconds. ``refine_sigma=None``
-    becomes ``sigma``.
+    becomes ``sigma``; ``escalate_sigma=None`` the largest σ of the selection grid
+    (:data:`~ddcontrol.score.sigma.SIGMA_GRID`, 0.3).
     """
 
     t_ini: int = 0
@@ -58,6 +60,7 @@ class TrackerConfig:
     damping: float = 0.05
     max_step: float | None = 0.5
     on_ood: str = "warn"
+    escalate_sigma: float | None = None
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -82,6 +85,8 @@ class TrackerConfig:
         put("refine_sigma", self.sigma if self.refine_sigma is None
             else check_positive_float(self.refine_sigma, "refine_sigma"))
         put("step_time_budget", _optional_float(self.step_time_budget, "step_time_budget"))
+        put("escalate_sigma", max(SIGMA_GRID) if self.escalate_sigma is None
+            else check_positive_float(self.escalate_sigma, "escalate_sigma"))
         put("max_step", _optional_float(self.max_step, "max_step"))
         if isinstance(self.solver, str):
             if self.solver not in SOLVERS:

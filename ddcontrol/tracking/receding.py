@@ -18,7 +18,9 @@ step in one batch:
   is fixed); ``iterations_per_step``, within ``step_time_budget``, no refinement (only the first
   input is applied).
 * **out of distribution**: a plan flagged by the trust estimator is handled by the ``on_ood``
-  policy (warn, hold the last good plan's inputs, ask a fallback controller, or raise).
+  policy (warn, hold the last good plan's inputs, ask a fallback controller, raise, or escalate:
+  warn, and once the flags are persistent, a third of the last horizon's steps, plan with the
+  more conservative projection for the rest of the episode).
 """
 
 from __future__ import annotations
@@ -46,7 +48,18 @@ from ddcontrol.trust import ON_OOD_POLICIES, OutOfDistributionError
 if TYPE_CHECKING:
     from ddcontrol.tracking.tracker import PlanResult
 
-__all__ = ["EpisodeState", "StepRequest", "RecedingHorizon", "RecedingHorizonPolicy"]
+__all__ = ["EpisodeState", "StepRequest", "RecedingHorizon", "RecedingHorizonPolicy",
+           "ESCALATION_FRACTION", "escalation_message"]
+
+ESCALATION_FRACTION = 1.0 / 3.0
+"""Under ``on_ood="escalate"``, the fraction of the last horizon's steps that must be flagged
+before the plans switch to the conservative σ for the rest of the episode. Chosen on the flags of
+closed loops under ``warn`` (``benchmarks/bench_escalation.py``): the unicycle's models of data
+that never showed the task's speeds and turn rates (excitation amplitude 0.3, auto σ 0.07) were
+flagged at 21-160 of 195 steps on the runs that went wrong; the suite's own models at none of
+their steps (unicycle, linear systems; 27 runs) or at 2-31 (double pendulum, 9 runs, every one
+within 1.2x the oracle). A third of a horizon was reached on 1 of those 36 runs (double
+pendulum, seed 2, swing: a false alarm)."""
 
 
 @dataclass(eq=False)
@@ -68,6 +81,8 @@ class EpisodeState:
     good: tuple[int, np.ndarray] | None = None
     #: Steps whose plan was flagged out of the data's distribution.
     flagged: list[int] = field(default_factory=list)
+    #: The step from which the plans use the more conservative σ (``on_ood="escalate"``).
+    escalated_at: int | None = None
 
     @property
     def k(self) -> int:
@@ -105,6 +120,12 @@ def flag_message(k: int, plan: PlanResult) -> str:
             f"{plan.estimated_deviation:.3g} > {plan.trust['threshold']:.3g})")
 
 
+def escalation_message(k: int, window: int, how: str) -> str:
+    """Why an episode's plans change projection at step ``k`` (``on_ood="escalate"``)."""
+    return (f"step {k}: a third or more of the last {window} steps' plans were flagged out of "
+            f"the data's distribution; planning with {how} for the rest of the episode")
+
+
 class RecedingHorizon:
     """The rules of the receding horizon (module docstring), over :class:`EpisodeState` s.
 
@@ -122,17 +143,21 @@ class RecedingHorizon:
         Iterations of a warm-started step (None: the solver's own).
     on_ood : str
         One of ``ON_OOD_POLICIES``.
+    escalation_window : int
+        Under ``on_ood="escalate"``: the steps over which persistent flags are counted (the
+        horizon); the plans escalate once :data:`ESCALATION_FRACTION` of them are flagged.
     """
 
     def __init__(self, t_ini: int, input_dim: int, output_dim: int, warmup_input: np.ndarray,
                  symmetry: WindowSymmetry, normalizer: Normalizer, step_iterations: int | None,
-                 on_ood: str) -> None:
+                 on_ood: str, escalation_window: int = 1) -> None:
         if on_ood not in ON_OOD_POLICIES:
             raise UnknownNameError(f"on_ood must be one of {ON_OOD_POLICIES}, got {on_ood!r}")
         self.t_ini, self.m, self.p = t_ini, input_dim, output_dim
         self.warmup_input = warmup_input
         self.symmetry, self.normalizer = symmetry, normalizer
         self.step_iterations, self.on_ood = step_iterations, on_ood
+        self.escalation_window = escalation_window
 
     def warmup_block(self, observations: list[np.ndarray]) -> np.ndarray:
         """The first plan's measured block (T_ini + 1, C) while only y_0 .. y_k (k < T_ini)
@@ -200,6 +225,16 @@ class RecedingHorizon:
                           RuntimeWarning, stacklevel=4)
             u = self.warmup_input.copy()
         return u
+
+    def should_escalate(self, state: EpisodeState) -> bool:
+        """Under ``on_ood="escalate"``, whether the flags known at step ``state.k`` are
+        persistent: at least :data:`ESCALATION_FRACTION` of the last ``escalation_window``
+        steps (and not escalated yet)."""
+        if self.on_ood != "escalate" or state.escalated_at is not None:
+            return False
+        w, k = self.escalation_window, state.k
+        recent = sum(1 for j in state.flagged if k - w < j <= k)
+        return recent >= ESCALATION_FRACTION * w
 
     def flagged_input(self, state: EpisodeState, k: int, plan: PlanResult, u: np.ndarray,
                       fallback: Callable[[], np.ndarray] | None) -> np.ndarray:
@@ -285,6 +320,15 @@ class RecedingHorizonPolicy(Controller):
     def _can_cold_start(self) -> bool:
         """Whether a plan can start without a warm start (candidate windows exist)."""
 
+    @property
+    def escalation(self) -> str | None:
+        """How this planner plans after an escalation (``on_ood="escalate"``; for the
+        warning), or None where it has nothing more conservative."""
+        return None
+
+    def use_escalated(self, escalated: bool) -> None:
+        """Plan with the escalated (conservative) projection, or the usual one."""
+
     # -- the episode ----------------------------------------------------------------------------
     def reset(self, observation: Any = None, info: dict | None = None) -> None:
         """Forget the measured history and the warm start (call at the start of an episode).
@@ -295,6 +339,7 @@ class RecedingHorizonPolicy(Controller):
         ``step_time_budget``.
         """
         self._pending.clear()  # a previous episode's estimates are not this one's
+        self.use_escalated(False)
         self.last_plan: PlanResult | None = None
         self.reset_time_s = 0.0
         if observation is None:
@@ -318,15 +363,24 @@ class RecedingHorizonPolicy(Controller):
         """u_k from y_k: the warm-up input while fewer than T_ini samples exist (refining the
         first plan with each new output), then the first input of step k's plan."""
         start_t = time.perf_counter()
-        self._collect_trust()
         state = self._episode
+        # Escalation counts every flag of the steps before this one (the last estimate, which
+        # ran while the plant moved, is awaited): the same step in every run and in a fleet.
+        can_escalate = (self.rules.on_ood == "escalate" and state.escalated_at is None
+                        and self.escalation is not None)
+        self._collect_trust(wait=can_escalate)
+        if can_escalate and self.rules.should_escalate(state):
+            self.use_escalated(True)
+            state.escalated_at = state.k
+            warnings.warn(escalation_message(state.k, self.rules.escalation_window,
+                                             self.escalation), RuntimeWarning, stacklevel=3)
         request = self.rules.request(state, y)
         if request.warmup:
             if request.solve:
                 state.first_plan = self._solve(request, max_time=self._step_budget,
                                                start_t=start_t, confidence="none")
             return self.rules.warmup_input.copy()
-        later = self.rules.on_ood == "warn"
+        later = self.rules.on_ood in ("warn", "escalate")
         plan = self._solve(request, max_time=self._step_budget, start_t=start_t,
                            confidence="later" if later else "now")
         if later and self.trust is not None:
@@ -358,6 +412,12 @@ class RecedingHorizonPolicy(Controller):
         """The steps (sample indices) of this episode whose plan was flagged."""
         self._collect_trust(wait=True)
         return list(self._episode.flagged)
+
+    @property
+    def escalated_at(self) -> int | None:
+        """The step of this episode from which the plans used the conservative projection
+        (``on_ood="escalate"``), or None."""
+        return self._episode.escalated_at
 
     def _rate_later(self, k: int, plan: PlanResult) -> None:
         """Start the confidence estimate of step ``k``'s plan in the background."""

@@ -1,0 +1,164 @@
+"""Escalation on persistent flags: the tracker's ``on_ood="escalate"`` against ``"warn"``.
+
+Under ``on_ood="escalate"`` a :class:`~ddcontrol.tracking.tracker.DenoisingTracker` plans as under
+``"warn"`` until a third of the last horizon's steps have been flagged out of the data's
+distribution by its own confidence, then plans at ``escalate_sigma`` (0.3, the largest σ of the
+selection grid) for the rest of the episode. This benchmark reads closed-loop suite results
+(``bench_closed_loop_suite.py``, iteration-limited, one file per policy) and compares, run by run,
+the total cost relative to the suite's oracle (``closed_loop_suite.json``; the oracle does not
+depend on the data):
+
+* **stress**: models of data that never showed the task's speeds and turn rates (the unicycle's
+  excitation amplitude 0.3 instead of 0.6), whose auto σ (0.07) sends plans out of the data:
+  ``warn`` (today's default), ``escalate``, and the conservative σ fixed from the start;
+* **check**: the suite's own models (4 systems x 3 seeds x 3 references) under ``escalate``
+  against ``warn`` with the same code and settings: a run that never escalates plans exactly as
+  under ``warn``; the ones that escalate show what a false alarm costs.
+
+Produce the inputs (one suite per line; ``--tracker-set`` values are Python literals)::
+
+    python benchmarks/bench_closed_loop_suite.py --systems unicycle --seeds 0 1 2 \\
+        --train-steps 8000 --controllers denoising --iteration-limited --data amplitude=0.3 \\
+        --tracker-set "on_ood='escalate'" --results suite_escalate_unicycle_amplitude0.3
+    #   the same with --tracker-set "on_ood='warn'"  --results suite_warn_unicycle_amplitude0.3
+    #   and with       --tracker-set sigma=0.3       --results suite_sigma0.3_unicycle_amplitude0.3
+    python benchmarks/bench_closed_loop_suite.py --systems unicycle pendulum --seeds 0 1 2 \\
+        --train-steps 8000 --controllers denoising --iteration-limited \\
+        --tracker-set "on_ood='escalate'" --results suite_escalate_check
+    python benchmarks/bench_closed_loop_suite.py --systems msd coupled --seeds 0 1 2 \\
+        --train-steps 4000 --controllers denoising --iteration-limited \\
+        --tracker-set "on_ood='escalate'" --results suite_escalate_check_linear
+    #   both again with --tracker-set "on_ood='warn'" --results suite_warn_check(_linear)
+
+then ``python benchmarks/bench_escalation.py``: prints the tables and writes
+``benchmarks/results/escalation.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ddcontrol._io import atomic_write  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+STRESS = {"warn": "suite_warn_unicycle_amplitude0.3",
+          "escalate": "suite_escalate_unicycle_amplitude0.3",
+          "sigma 0.3": "suite_sigma0.3_unicycle_amplitude0.3"}
+CHECK = {"escalate": ("suite_escalate_check", "suite_escalate_check_linear"),
+         "warn": ("suite_warn_check", "suite_warn_check_linear")}
+
+
+def _rows(name: str) -> list[dict[str, Any]]:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        print(f"  (missing {path.name}: run the suite command in this script's docstring)")
+        return []
+    return [r for r in json.loads(path.read_text())["rows"] if r["controller"] == "denoising"]
+
+
+def _run_key(r: dict[str, Any]) -> tuple[str, str, int]:
+    return r["system"], r["reference"], r["seed"]
+
+
+def _stats(ratios: list[float]) -> dict[str, Any]:
+    a = np.asarray([x for x in ratios if x is not None], dtype=float)
+    return {"runs": int(a.size), "median": float(np.median(a)) if a.size else None,
+            "worst": float(a.max()) if a.size else None}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(RESULTS / "escalation.json"))
+    args = p.parse_args(argv)
+    suite = json.loads((RESULTS / "closed_loop_suite.json").read_text())["rows"]
+    oracle = {_run_key(r): r["total_cost"] for r in suite
+              if r["controller"] == "oracle" and not r["failed"]}
+    warned = {_run_key(r): r["total_cost"] for name in CHECK["warn"] for r in _rows(name)
+              if not r["failed"]}
+
+    def ratio(key: tuple, cost: float | None) -> float | None:
+        base = oracle.get(key)
+        return None if cost is None or not base else cost / base
+
+    # Stress: every policy on the same runs.
+    by_policy = {policy: {_run_key(r): r for r in _rows(name)} for policy, name in STRESS.items()}
+    keys = sorted(set().union(*[set(v) for v in by_policy.values()]))
+    stress_rows = []
+    for key in keys:
+        row: dict[str, Any] = {"system": key[0], "reference": key[1], "seed": key[2]}
+        for policy, runs in by_policy.items():
+            r = runs.get(key)
+            cost = None if r is None or r["failed"] else r["total_cost"]
+            row[policy] = {"total_cost": cost, "cost_ratio": ratio(key, cost),
+                           "ood_steps": None if r is None else r.get("ood_steps"),
+                           "escalated_at": None if r is None else r.get("escalated_at")}
+        stress_rows.append(row)
+    stress_summary = {policy: _stats([r[policy]["cost_ratio"] for r in stress_rows])
+                      for policy in STRESS}
+
+    # Check: the suite's own models under "escalate" against "warn" (same code and settings).
+    check_rows = []
+    for name in CHECK["escalate"]:
+        for r in _rows(name):
+            key = _run_key(r)
+            base = warned.get(key)
+            check_rows.append({"system": key[0], "reference": key[1], "seed": key[2],
+                               "escalated_at": r.get("escalated_at"),
+                               "ood_steps": r.get("ood_steps"),
+                               "cost_ratio": ratio(key, r["total_cost"]),
+                               "warn_cost_ratio": ratio(key, base),
+                               "cost_over_warn": None if not base else r["total_cost"] / base})
+    escalated = [r for r in check_rows if r["escalated_at"] is not None]
+    quiet = [r["cost_over_warn"] for r in check_rows
+             if r["escalated_at"] is None and r["cost_over_warn"] is not None]
+    check_summary = {"runs": len(check_rows), "escalated_runs": len(escalated),
+                     "max_flagged_steps": max((r["ood_steps"] or 0 for r in check_rows),
+                                              default=None),
+                     "unescalated_cost_over_warn": {
+                         "min": float(min(quiet)) if quiet else None,
+                         "max": float(max(quiet)) if quiet else None}}
+    result = {"benchmark": "escalation on persistent flags (on_ood='escalate' vs 'warn')",
+              "command": "python benchmarks/bench_escalation.py",
+              "inputs": {"stress": STRESS, "check": CHECK},
+              "stress": {"summary": stress_summary, "runs": stress_rows},
+              "check": {"summary": check_summary, "runs": check_rows}}
+
+    fmt = lambda v: "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["Stress (unicycle, data of excitation amplitude 0.3; cost / oracle, flagged steps, "
+             "escalation step):", "",
+             "| reference | seed | " + " | ".join(STRESS) + " | escalated at |",
+             "|" + "---|" * (len(STRESS) + 3)]
+    for r in stress_rows:
+        cells = [f"{fmt(r[p]['cost_ratio'])} ({fmt(r[p]['ood_steps'])})" for p in STRESS]
+        lines.append(f"| {r['reference']} | {r['seed']} | " + " | ".join(cells)
+                     + f" | {fmt(r['escalate']['escalated_at'])} |")
+    lines += ["", "| policy | runs | median | worst |", "|---|---|---|---|"]
+    lines += [f"| {p} | {s['runs']} | {fmt(s['median'])} | {fmt(s['worst'])} |"
+              for p, s in stress_summary.items()]
+    q = check_summary["unescalated_cost_over_warn"]
+    lines += ["", f"Check (the suite's own models under escalate): {check_summary['runs']} runs, "
+              f"{check_summary['escalated_runs']} escalated, at most "
+              f"{fmt(check_summary['max_flagged_steps'])} flagged steps in a run; the runs that "
+              f"did not escalate cost {fmt(q['min'])}-{fmt(q['max'])}x the same runs under warn."]
+    for r in escalated:
+        lines.append(f"- escalated: {r['system']} {r['reference']} seed {r['seed']} at step "
+                     f"{r['escalated_at']}, cost / oracle {fmt(r['cost_ratio'])} (warn: "
+                     f"{fmt(r['warn_cost_ratio'])})")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out)
+    atomic_write(out, lambda fh: fh.write((json.dumps(result, indent=1) + "\n").encode()))
+    atomic_write(out.with_suffix(".md"), lambda fh: fh.write(text.encode()))
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,14 @@ repetition so that they share the machine's load):
   (``max_abs_diff_after_chord5``; equal where the Jacobian is constant, see
   ``tests/test_iteration.py``).
 
+At batch 1 the pass the tracker's solver makes (the σ-frozen network's forward with its slopes
+and one VJP of 3 cotangents, :mod:`ddcontrol.score.frozen`; no autograd) is also timed after an
+idle gap (``frozen_pass_after_idle_gap_ms``: ms per pass when each follows a ``time.sleep`` of 0,
+0.1, 1 or 4 ms). In the tracker's loop passes come between other work and the wait for the next
+sample; on a machine whose cache is shared with other tenants (a cloud VM) the weights of the
+256-wide model (about 3 MB) are evicted while the core waits, and a pass after a gap costs more
+than one right after another.
+
 The final points of ``before`` and ``after`` are compared (max abs difference, float32): the
 change is not meant to alter the iterates, so the iterations a step needs for a given
 closed-loop cost are unchanged and a step's solve time scales with ms/iteration.
@@ -152,6 +160,36 @@ def variants(case: dict[str, Any], before: ModuleType | None, iterations: int
     return out
 
 
+GAPS_MS = (0.0, 0.1, 1.0, 4.0)
+
+
+def idle_gap_effect(case: dict[str, Any], gaps_ms: tuple[float, ...] = GAPS_MS,
+                    calls: int = 200) -> dict[str, float]:
+    """ms per pass of the σ-frozen network (forward with slopes + one VJP of 3 cotangents) at
+    the case's batch when each pass follows an idle gap of g ms (``time.sleep``; the gap is not
+    timed), per g."""
+    frozen, x0 = case["den"].frozen(case["sigma"]), case["x0"]
+    u = torch.randn(3, *x0.shape)
+
+    def one() -> None:
+        _, slopes = frozen.forward(x0, keep=True)
+        frozen.vjp(slopes, u)
+
+    for _ in range(20):
+        one()
+    result = {}
+    for gap in gaps_ms:
+        total = 0.0
+        for _ in range(calls):
+            if gap:
+                time.sleep(gap / 1e3)
+            t = time.perf_counter()
+            one()
+            total += time.perf_counter() - t
+        result[f"{gap:g}"] = 1e3 * total / calls
+    return result
+
+
 def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
     """Median seconds per call of each function, the functions interleaved in every rep."""
     for f in fns.values():  # warm-up
@@ -196,6 +234,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["max_abs_diff_before_after"] = float((p_before - p_after).abs().max())
             row["max_abs_diff_after_chord5"] = float(
                 (fns["after_chord5"]().point - fns["after"]().point).abs().max())
+            if batch == 1:
+                row["frozen_pass_after_idle_gap_ms"] = gaps = idle_gap_effect(
+                    case, calls=50 if args.quick else 200)
+                print(f"{'':16s} frozen pass after an idle gap of "
+                      + ", ".join(f"{g} ms: {v:.2f} ms" for g, v in gaps.items()), flush=True)
             rows.append(row)
             r = row["ratio_to_bare"]
             print(f"{system:16s} {batch:3d} {row['pinned']:3d} {ms['bare']:8.2f} "

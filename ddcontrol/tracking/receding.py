@@ -56,10 +56,10 @@ ESCALATION_FRACTION = 1.0 / 3.0
 before the plans switch to the conservative σ for the rest of the episode. Chosen on the flags of
 closed loops under ``warn`` (``benchmarks/bench_escalation.py``): the unicycle's models of data
 that never showed the task's speeds and turn rates (excitation amplitude 0.3, auto σ 0.07) were
-flagged at 21-160 of 195 steps on the runs that went wrong; the suite's own models at none of
-their steps (unicycle, linear systems; 27 runs) or at 2-31 (double pendulum, 9 runs, every one
-within 1.2x the oracle). A third of a horizon was reached on 1 of those 36 runs (double
-pendulum, seed 2, swing: a false alarm)."""
+flagged at 27-160 of 195 steps on the six runs that went wrong (4-65x the oracle); the suite's
+own models at none of their steps (unicycle, linear systems; 27 runs) or at 2-31 (double
+pendulum, 9 runs, every one within 1.2x the oracle). A third of a horizon was reached on 1 of
+those 36 runs (double pendulum, seed 2, swing: a false alarm)."""
 
 
 @dataclass(eq=False)

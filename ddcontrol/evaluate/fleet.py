@@ -14,7 +14,6 @@ leave the batch; the others go on.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from ddcontrol.data.gym_env import EnvLike, StateAccess, applied_action, env_spe
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.evaluate.closed_loop import Episode, episode_metrics
 from ddcontrol.tracking.batch import batch_problems, plan_batch
-from ddcontrol.tracking.receding import EpisodeState, escalation_message
+from ddcontrol.tracking.receding import EpisodeState
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.tracker import DenoisingTracker
 from ddcontrol.trust import OutOfDistributionError
@@ -206,10 +205,7 @@ def _act(tracker: DenoisingTracker, active: list[_Run], problems: list[Any], ind
     by the receding-horizon rules of :meth:`DenoisingTracker.act`, with one batched plan."""
     rules = tracker.rules
     for run in active:  # as DenoisingTracker.act under on_ood="escalate"
-        if rules.should_escalate(run.state) and tracker.escalation is not None:
-            run.state.escalated_at = k
-            warnings.warn(escalation_message(k, rules.escalation_window, tracker.escalation),
-                          RuntimeWarning, stacklevel=3)
+        rules.escalate(run.state, tracker.escalation)
     ys = [np.asarray(run.obs, dtype=float).reshape(tracker.p) for run in active]
     requests = [rules.request(run.state, y) for run, y in zip(active, ys)]
     # The episodes move in step: all warm, all continuing their first plans, or all cold. One

@@ -226,6 +226,18 @@ class RecedingHorizon:
             u = self.warmup_input.copy()
         return u
 
+    def escalate(self, state: EpisodeState, how: str | None) -> bool:
+        """Under ``on_ood="escalate"``, mark step ``state.k`` as the episode's escalation and
+        warn, if its flags are persistent (:meth:`should_escalate`) and the planner has a more
+        conservative projection (``how`` names it; None: none). Returns whether it escalated:
+        the caller then plans with that projection."""
+        if how is None or not self.should_escalate(state):
+            return False
+        state.escalated_at = state.k
+        warnings.warn(escalation_message(state.k, self.escalation_window, how), RuntimeWarning,
+                      stacklevel=4)
+        return True
+
     def should_escalate(self, state: EpisodeState) -> bool:
         """Under ``on_ood="escalate"``, whether the flags known at step ``state.k`` are
         persistent: at least :data:`ESCALATION_FRACTION` of the last ``escalation_window``
@@ -369,11 +381,8 @@ class RecedingHorizonPolicy(Controller):
         can_escalate = (self.rules.on_ood == "escalate" and state.escalated_at is None
                         and self.escalation is not None)
         self._collect_trust(wait=can_escalate)
-        if can_escalate and self.rules.should_escalate(state):
+        if can_escalate and self.rules.escalate(state, self.escalation):
             self.use_escalated(True)
-            state.escalated_at = state.k
-            warnings.warn(escalation_message(state.k, self.rules.escalation_window,
-                                             self.escalation), RuntimeWarning, stacklevel=3)
         request = self.rules.request(state, y)
         if request.warmup:
             if request.solve:

@@ -42,7 +42,7 @@ from ddcontrol._validation import as_finite_array, check_positive_int
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.solvers import Problem, SolverResult
 from ddcontrol.tracking import cold_start
-from ddcontrol.tracking.measured import current_measured, measured_block, normalise_block
+from ddcontrol.tracking.measured import measured_block, normalise_block
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.window_cost import FramedWindowCost, WindowCost
@@ -400,8 +400,7 @@ def plan_batch(tracker: DenoisingTracker, past_u: np.ndarray | None = None,
     if refine and tracker.refine_iterations:
         x = tracker.refinement(x, measured)
     report = (None if tracker.trust is None or not confidence
-              else tracker.trust(x, repredict=refine, current_output=refine and current_measured(
-                  measured, tracker.t_ini, tracker.m)))
+              else tracker.rate(x, measured, repredict=refine))
     solve_time = time.perf_counter() - t0
     w = tracker.symmetry.act(frames, tracker.normalizer.denormalize(x.double().cpu().numpy()))
     fut = w[:, tracker.t_ini:]

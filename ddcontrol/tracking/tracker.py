@@ -474,6 +474,14 @@ class DenoisingTracker(RecedingHorizonPolicy):
     def _can_cold_start(self) -> bool:
         return self.cold_start.candidates is not None
 
+    def rate(self, x: Tensor, measured: Tensor | None, repredict: bool) -> Any:
+        """The trust estimator's report on normalised plan windows ``x`` (B, L, C) solved from
+        the measured block(s) ``measured`` (normalised, as the plan pinned them): with the
+        re-prediction for plans that are applied whole (``repredict``), which pins the current
+        output where it was measured, as the plan did."""
+        return self.trust(x, repredict=repredict, current_output=repredict and current_measured(
+            measured, self.t_ini, self.m))
+
     @property
     def escalation(self) -> str | None:
         """``"sigma <escalate_sigma> instead of <sigma>"``, or None (no ``on_ood="escalate"``,
@@ -537,8 +545,7 @@ class DenoisingTracker(RecedingHorizonPolicy):
         # steps apply one input and keep the cheap measures (ddcontrol.trust).
         report = None
         if self.trust is not None and confidence == "now":
-            report = self.trust(x, repredict=refine, current_output=refine and current_measured(
-                measured, self.t_ini, self.m)).item(0)
+            report = self.rate(x, measured, repredict=refine).item(0)
         solve_time = time.perf_counter() - start_t
         w = self.symmetry.act(frame, self.normalizer.denormalize(x[0].double().cpu().numpy()))
         fut = w[self.t_ini:]

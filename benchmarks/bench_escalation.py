@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_closed_loop_suite import _fmt as fmt  # noqa: E402
+
 from ddcontrol._io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -130,7 +132,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "stress": {"summary": stress_summary, "runs": stress_rows},
               "check": {"summary": check_summary, "runs": check_rows}}
 
-    fmt = lambda v: "–" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["Stress (unicycle, data of excitation amplitude 0.3; cost / oracle, flagged steps, "
              "escalation step):", "",
              "| reference | seed | " + " | ".join(STRESS) + " | escalated at |",

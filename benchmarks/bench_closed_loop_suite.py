@@ -285,8 +285,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "solve_max_ms": float(times.max()) if times.size else None,
                         "dt_ms": ref.dt * 1e3, "bound_violations": r["bound_violations"],
                         "failed": r["failed"], "error": r.get("error"),
-                        **({"ood_steps": r["ood_steps"], "escalated_at": result.episodes[
-                            r["controller"]][0].escalated_at}
+                        **({"ood_steps": r["ood_steps"],
+                            "escalated_at": (ep := result.episodes[r["controller"]][0]
+                                             ).escalated_at,
+                            "escalations": ep.escalations}
                            if r.get("ood_steps") is not None else {}),
                         **({"data": args.data} if args.data else {}),
                         **({"tracker_set": args.tracker_set} if args.tracker_set else {}),

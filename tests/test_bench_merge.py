@@ -57,29 +57,37 @@ def test_escalation_summary_compares_policies_run_by_run(tmp_path, monkeypatch):
     bench = _bench_module("bench_escalation")
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
 
-    def rows(*runs):  # (seed, cost, flagged, escalated_at)
+    def rows(*runs, ladder=True):  # (seed, cost, flagged, escalation steps)
         return {"rows": [{**_row("denoising", cost, seed), "ood_steps": flagged,
-                          "escalated_at": at} for seed, cost, flagged, at in runs]}
+                          **({"escalations": at} if ladder else
+                             {"escalated_at": at[0] if at else None})}
+                         for seed, cost, flagged, at in runs]}
 
     def write(name, doc):
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
 
     write("closed_loop_suite", {"rows": [_row("oracle", 2.0, 0), _row("oracle", 4.0, 1)]})
-    write(bench.STRESS["warn"], rows((0, 20.0, 90, None), (1, 4.4, 1, None)))
-    write(bench.STRESS["escalate"], rows((0, 3.0, 12, 19), (1, 4.4, 1, None)))
-    write(bench.STRESS["sigma 0.3"], rows((0, 2.4, 0, None), (1, 6.0, 0, None)))
-    write(bench.CHECK["escalate"][0], rows((0, 2.2, 0, None), (1, 16.0, 15, 24)))
-    write(bench.CHECK["warn"][0], rows((0, 2.2, 0, None), (1, 4.0, 12, None)))
+    write(bench.STRESS["warn"], rows((0, 20.0, 90, []), (1, 4.4, 1, [])))
+    write(bench.STRESS["ladder"], rows((0, 3.0, 12, [19, 33]), (1, 4.4, 1, [])))
+    # A file from before the ladder (one escalation step, no list) reads the same way.
+    write(bench.STRESS["to 0.3"], rows((0, 2.6, 14, [19]), (1, 4.4, 1, []), ladder=False))
+    write(bench.STRESS["sigma 0.3"], rows((0, 2.4, 0, []), (1, 6.0, 0, [])))
+    write(bench.CHECK["ladder"][0], rows((0, 2.2, 0, []), (1, 16.0, 15, [24])))
+    write(bench.WARN[0], rows((0, 2.2, 0, []), (1, 4.0, 12, [])))
     result = bench.main(["--out", str(tmp_path / "escalation.json")])
     stress = result["stress"]["summary"]
     assert stress["warn"] == {"runs": 2, "median": (10.0 + 1.1) / 2, "worst": 10.0}
-    assert stress["escalate"]["worst"] == 1.5 and stress["sigma 0.3"]["worst"] == 1.5
+    assert stress["ladder"]["worst"] == 1.5 and stress["sigma 0.3"]["worst"] == 1.5
+    assert stress["to 0.1"]["runs"] == 0  # a missing file leaves its column empty
     run0 = result["stress"]["runs"][0]
-    assert run0["escalate"] == {"total_cost": 3.0, "cost_ratio": 1.5, "ood_steps": 12,
-                                "escalated_at": 19}
-    check = result["check"]["summary"]
+    assert run0["ladder"] == {"total_cost": 3.0, "cost_ratio": 1.5, "ood_steps": 12,
+                              "escalations": [19, 33]}
+    assert run0["to 0.3"]["escalations"] == [19]
+    check = result["check"]["ladder"]["summary"]
     assert check["runs"] == 2 and check["escalated_runs"] == 1 and check["max_flagged_steps"] == 15
     assert check["unescalated_cost_over_warn"] == {"min": 1.0, "max": 1.0}
-    escalated = [r for r in result["check"]["runs"] if r["escalated_at"] is not None]
+    assert check["cost_over_warn"] == {"min": 1.0, "max": 4.0}
+    escalated = [r for r in result["check"]["ladder"]["runs"] if r["escalations"]]
     assert escalated[0]["cost_over_warn"] == 4.0 and escalated[0]["warn_cost_ratio"] == 1.0
-    assert (tmp_path / "escalation.md").read_text().count("| random | ") == 2
+    table = (tmp_path / "escalation.md").read_text()
+    assert table.count("| random | ") == 2 and "| 19, 33 |" in table

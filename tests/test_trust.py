@@ -249,30 +249,55 @@ def test_escalation_counts_persistent_flags_over_the_last_horizon():
     state.flagged.append(12)
     assert rules("escalate").should_escalate(state)  # 3 of 9: a third
     assert not rules("warn").should_escalate(state)  # only under "escalate"
-    state.escalated_at = 12
-    assert not rules("escalate").should_escalate(state)  # once per episode
+    state.escalations.append(12)  # the first rung, climbed at step 12
+    assert state.escalated_at == 12 and state.level == 1
+    # Each rung is judged on its own plans: the flags before step 12 no longer count.
+    assert not rules("escalate").should_escalate(state)
+    state.flagged += [13, 14]
+    state.outputs += [np.zeros(1)] * 2  # k = 14: steps 12, 13 and 14 flagged on this rung
+    assert rules("escalate").should_escalate(state)
 
 
-def test_escalate_plans_at_the_conservative_sigma_once_flags_persist():
-    flagged = _closed_loop_tracker(1e-12, "escalate")  # every plan is flagged
-    assert flagged.escalate_sigma == 0.3 and flagged.sigma == 1e-3
+def _recorded_sigmas(tracker) -> list[tuple[int, float]]:
+    """(step, σ of its plan) of every solve of ``tracker`` from now on."""
     sigmas = []
-    solve = flagged._solve
+    solve = tracker._solve
 
     def recorded(request, **kw):
-        sigmas.append((request.k, flagged.manifold.sigma))
+        sigmas.append((request.k, tracker.manifold.sigma))
         return solve(request, **kw)
 
-    flagged._solve = recorded
-    with pytest.warns(RuntimeWarning, match="sigma 0.3 instead of 0.001 for the rest"):
+    tracker._solve = recorded
+    return sigmas
+
+
+def test_escalate_climbs_the_sigma_ladder_while_flags_persist():
+    from ddcontrol.score.sigma import SIGMA_GRID
+
+    flagged = _closed_loop_tracker(1e-12, "escalate")  # every plan is flagged
+    assert flagged.sigma == 1e-3 and flagged.escalate_sigma == SIGMA_GRID  # the grid above σ
+    sigmas = _recorded_sigmas(flagged)
+    with pytest.warns(RuntimeWarning, match="sigma 0.02 instead of 0.001 from this step on"):
         _run(flagged, steps=14)
     # A third of the 8-step horizon is 3 flagged steps: 3, 4 and 5, counted at step 6 (each
-    # step awaits the previous step's estimate, which ran in the background).
-    assert flagged.escalated_at == 6
-    assert all(s == (0.3 if step >= 6 else 1e-3) for step, s in sigmas)
+    # step awaits the previous step's estimate, which ran in the background); then 3 more on
+    # each rung: 6, 7 and 8 at step 9, 9-11 at step 12.
+    assert flagged.escalated_at == 6 and flagged.escalations == [6, 9, 12]
+    rung = lambda step: sum(step >= e for e in (6, 9, 12))  # noqa: E731
+    assert {k for k, _ in sigmas} >= set(range(flagged.t_ini, 14))  # every planned step
+    assert [s for k, s in sigmas] == [(1e-3, 0.02, 0.03, 0.05)[rung(k)] for k, _ in sigmas]
     assert flagged.ood_steps == 14 - flagged.t_ini  # the flags are still counted
     flagged.reset(np.zeros(1), {})
-    assert flagged.escalated_at is None and flagged.manifold.sigma == 1e-3
+    assert flagged.escalated_at is None and flagged.escalations == []
+    assert flagged.manifold.sigma == 1e-3
+    # One rung given: climbed once, then the plans stay there (nothing more conservative).
+    once = _closed_loop_tracker(1e-12, "escalate", escalate_sigma=0.3)
+    assert once.escalate_sigma == (0.3,)
+    sigmas = _recorded_sigmas(once)
+    with pytest.warns(RuntimeWarning, match="sigma 0.3 instead of 0.001 from this step on"):
+        _run(once, steps=14)
+    assert once.escalations == [6]
+    assert [s for _, s in sigmas] == [0.3 if k >= 6 else 1e-3 for k, _ in sigmas]
     quiet = _closed_loop_tracker(1e9, "escalate")  # nothing flagged: exactly "warn"
     np.testing.assert_array_equal(_run(quiet, steps=14), _run(
         _closed_loop_tracker(1e9, "warn"), steps=14))
@@ -295,12 +320,14 @@ def test_escalate_policy_is_checked_and_a_fleet_escalates_like_single_episodes()
 
     msd = "ddcontrol/MassSpringDamper-v0"
     tracker = _closed_loop_tracker(1e-12, "escalate")
-    with pytest.warns(RuntimeWarning, match="for the rest of the episode"):
+    with pytest.warns(RuntimeWarning, match="from this step on"):
         fleet = run_fleet(tracker, msd, [tracker.reference] * 2, 14, seeds=[0, 1])
         alone = [run_episode(msd, _closed_loop_tracker(1e-12, "escalate"), 14, seed=i)
                  for i in (0, 1)]
     for ep, single in zip(fleet, alone):
         assert ep.escalated_at == single.escalated_at == 6
+        assert ep.escalations == single.escalations == [6, 9, 12]
+        assert ep.metrics["escalations"] == [6, 9, 12]
         np.testing.assert_allclose(ep.inputs, single.inputs, atol=1e-8)
 
 

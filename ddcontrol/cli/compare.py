@@ -70,8 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--on-ood", default=None, choices=("warn", "hold", "raise", "escalate"),
                    help="the tracker's policy for plans its confidence flags out of the data "
                         "(default warn; escalate: warn, and once a third of the last "
-                        "horizon's steps are flagged, plan at sigma 0.3 for the rest of the "
-                        "episode); flagged steps are counted in the table's OOD column")
+                        "horizon's steps are flagged, plan at the next larger sigma of the "
+                        "selection grid, again each time the flags persist); flagged steps "
+                        "are counted in the table's OOD column")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the tracker's model)")
     add_threads_argument(p)
     p.add_argument("--out", required=True, help="output folder")

@@ -64,8 +64,10 @@ class Episode:
     flagged_steps : list of int or None
         Which steps those were (sample indices; marked in the comparison's output plot).
     escalated_at : int or None
-        The step from which a DenoisingTracker under ``on_ood="escalate"`` planned with its
+        The step from which a DenoisingTracker under ``on_ood="escalate"`` planned with a more
         conservative projection (None: it did not, or the controller has no such policy).
+    escalations : list of int or None
+        The step of each rung of its escalation ladder (the first is ``escalated_at``).
     """
 
     name: str
@@ -81,6 +83,11 @@ class Episode:
     ood_steps: int | None = None
     flagged_steps: list[int] | None = None
     escalated_at: int | None = None
+    escalations: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.escalations and self.escalated_at is None:
+            self.escalated_at = self.escalations[0]
 
     @property
     def failed(self) -> bool:
@@ -219,7 +226,8 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
                    ended=ended, state_source=access.source,
                    ood_steps=getattr(controller, "ood_steps", None),
                    flagged_steps=getattr(controller, "flagged_steps", None),
-                   escalated_at=getattr(controller, "escalated_at", None))
+                   escalated_at=getattr(controller, "escalated_at", None),
+                   escalations=getattr(controller, "escalations", None))
 
 
 def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: Any = None,
@@ -236,8 +244,9 @@ def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: A
     (Σ uᵀRu + eᵀQe), ``input_energy`` (Σ‖u‖²), ``bound_violations`` (samples where the
     controller asked for an input outside the actuator limits), ``mean_solve_ms`` and
     ``max_solve_ms``, ``steps`` scored, ``failed``, ``ood_steps`` (steps the controller
-    flagged out of its data, None where it does not measure it) and ``escalated_at`` (the step
-    from which a tracker under ``on_ood="escalate"`` planned conservatively, or None).
+    flagged out of its data, None where it does not measure it), ``escalated_at`` (the step
+    from which a tracker under ``on_ood="escalate"`` planned more conservatively, or None) and
+    ``escalations`` (the step of each rung of its ladder; None: no such policy).
 
     Raises
     ------
@@ -271,6 +280,7 @@ def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: A
     out: dict[str, Any] = {"failed": episode.failed, "error": episode.error, "steps": k}
     out["ood_steps"] = episode.ood_steps  # flagged steps (None: not measured)
     out["escalated_at"] = episode.escalated_at
+    out["escalations"] = None if episode.escalations is None else list(episode.escalations)
     if k <= score_from:
         out.update(rms_error=float("inf"), total_cost=float("inf"), input_energy=float("nan"),
                    bound_violations=0, mean_solve_ms=float("nan"), max_solve_ms=float("nan"))

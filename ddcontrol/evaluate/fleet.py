@@ -175,7 +175,7 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
                      np.array(run.xs), np.array(run.times), run.error, ended=run.ended,
                      state_source=run.access.source, ood_steps=len(run.state.flagged),
                      flagged_steps=list(run.state.flagged),
-                     escalated_at=run.state.escalated_at)
+                     escalations=list(run.state.escalations))
         ep.metrics = episode_metrics(ep, ref, tracker.problem.Q_matrix,
                                      tracker.problem.R_matrix, input_low=run.spec.input_low,
                                      input_high=run.spec.input_high, score_from=score_from)
@@ -205,21 +205,21 @@ def _act(tracker: DenoisingTracker, active: list[_Run], problems: list[Any], ind
     by the receding-horizon rules of :meth:`DenoisingTracker.act`, with one batched plan."""
     rules = tracker.rules
     for run in active:  # as DenoisingTracker.act under on_ood="escalate"
-        rules.escalate(run.state, tracker.escalation)
+        rules.escalate(run.state, tracker.escalation(run.state.level))
     ys = [np.asarray(run.obs, dtype=float).reshape(tracker.p) for run in active]
     requests = [rules.request(run.state, y) for run, y in zip(active, ys)]
     # The episodes move in step: all warm, all continuing their first plans, or all cold. One
-    # batch per projection: the episodes that escalated (on_ood="escalate") plan at the
-    # tracker's conservative σ.
+    # batch per projection: the episodes that escalated (on_ood="escalate") plan at the σ of
+    # their rung of the tracker's ladder.
     req = requests[0]
     plans: list[Any] = [None] * len(active)
     if req.solve:
-        groups: dict[bool, list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for i, run in enumerate(active):
-            groups.setdefault(run.state.escalated_at is not None, []).append(i)
+            groups.setdefault(run.state.level, []).append(i)
         try:
-            for escalated, members in groups.items():
-                tracker.use_escalated(escalated)
+            for level, members in groups.items():
+                tracker.use_escalated(level)
                 try:
                     res = plan_batch(
                         tracker, start=[requests[i].start for i in members],
@@ -230,7 +230,7 @@ def _act(tracker: DenoisingTracker, active: list[_Run], problems: list[Any], ind
                         iterations=req.iterations, refine=False, max_time=budget,
                         confidence=not req.warmup)
                 finally:
-                    tracker.use_escalated(False)
+                    tracker.use_escalated(0)
                 for n, i in enumerate(members):
                     plans[i] = res.plan(n)
         except Exception as exc:  # noqa: BLE001 - a failed solve ends the episodes, as in run_episode

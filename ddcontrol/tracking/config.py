@@ -10,6 +10,7 @@ the problem, the warm-up input) is not a setting and is given to the tracker its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from ddcontrol.score.sigma import SIGMA_GRID
 from ddcontrol.solvers import Solver
 from ddcontrol.trust import ON_OOD_POLICIES
 
-__all__ = ["TrackerConfig", "SOLVERS", "CONDITIONINGS"]
+__all__ = ["TrackerConfig", "SOLVERS", "CONDITIONINGS", "escalation_ladder"]
 
 #: Solvers the tracker builds by name (a :class:`~ddcontrol.solvers.Solver` object also works).
 SOLVERS = ("drgd", "nesterov", "dlf", "guided")
@@ -31,6 +32,24 @@ def _optional_float(value: Any, name: str) -> float | None:
     return None if value is None else check_positive_float(value, name)
 
 
+def escalation_ladder(escalate_sigma: float | Sequence[float] | None, sigma: float
+                      ) -> tuple[float, ...]:
+    """The σ an episode under ``on_ood="escalate"`` climbs, one rung per escalation:
+    increasing, each above the plans' ``sigma`` (normalised units).
+
+    None: every σ of :data:`~ddcontrol.score.sigma.SIGMA_GRID` above ``sigma`` (the next one
+    first); a number: that σ alone; a sequence: its values. Values not above ``sigma`` are
+    dropped (nothing more conservative to offer), so the ladder may be empty.
+    """
+    if escalate_sigma is None:
+        values = list(SIGMA_GRID)
+    elif isinstance(escalate_sigma, Sequence) and not isinstance(escalate_sigma, str):
+        values = [check_positive_float(v, "escalate_sigma") for v in escalate_sigma]
+    else:
+        values = [check_positive_float(escalate_sigma, "escalate_sigma")]
+    return tuple(sorted({float(v) for v in values if v > sigma}))
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     """Settings of a :class:`~ddcontrol.tracking.tracker.DenoisingTracker` (checked when built;
@@ -38,8 +57,10 @@ class TrackerConfig:
 
     The fields are the tracker's keywords of the same names (documented there); ``t_ini`` is
     T_ini in samples, σ values are in normalised units, times in seconds. ``refine_sigma=None``
-    becomes ``sigma``; ``escalate_sigma=None`` the largest σ of the selection grid
-    (:data:`~ddcontrol.score.sigma.SIGMA_GRID`, 0.3).
+    becomes ``sigma``. ``escalate_sigma`` becomes the ladder of σ an escalating episode climbs
+    (increasing, each above ``sigma``; empty: no escalation): None gives the σ of the selection
+    grid above ``sigma`` (:data:`~ddcontrol.score.sigma.SIGMA_GRID`), a number one rung, a
+    sequence its values.
     """
 
     t_ini: int = 0
@@ -60,7 +81,7 @@ class TrackerConfig:
     damping: float = 0.05
     max_step: float | None = 0.5
     on_ood: str = "warn"
-    escalate_sigma: float | None = None
+    escalate_sigma: float | Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -85,8 +106,7 @@ class TrackerConfig:
         put("refine_sigma", self.sigma if self.refine_sigma is None
             else check_positive_float(self.refine_sigma, "refine_sigma"))
         put("step_time_budget", _optional_float(self.step_time_budget, "step_time_budget"))
-        put("escalate_sigma", max(SIGMA_GRID) if self.escalate_sigma is None
-            else check_positive_float(self.escalate_sigma, "escalate_sigma"))
+        put("escalate_sigma", escalation_ladder(self.escalate_sigma, self.sigma))
         put("max_step", _optional_float(self.max_step, "max_step"))
         if isinstance(self.solver, str):
             if self.solver not in SOLVERS:

@@ -20,12 +20,13 @@ step in one batch:
 * **out of distribution**: a plan flagged by the trust estimator is handled by the ``on_ood``
   policy (warn, hold the last good plan's inputs, ask a fallback controller, raise, or escalate:
   warn, and once the flags are persistent, a third of the last horizon's steps, plan with the
-  more conservative projection for the rest of the episode).
+  next more conservative projection of a ladder, climbing a rung each time the flags persist).
 """
 
 from __future__ import annotations
 
 import abc
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -52,14 +53,16 @@ __all__ = ["EpisodeState", "StepRequest", "RecedingHorizon", "RecedingHorizonPol
            "ESCALATION_FRACTION", "escalation_message"]
 
 ESCALATION_FRACTION = 1.0 / 3.0
-"""Under ``on_ood="escalate"``, the fraction of the last horizon's steps that must be flagged
-before the plans switch to the conservative σ for the rest of the episode. Chosen on the flags of
+"""Under ``on_ood="escalate"``, the fraction of the last horizon's steps (those planned since the
+last escalation) that must be flagged before the plans climb to the next σ of the escalation
+ladder, for the rest of the episode or the next escalation. Chosen on the flags of
 closed loops under ``warn`` (``benchmarks/bench_escalation.py``): the unicycle's models of data
 that never showed the task's speeds and turn rates (excitation amplitude 0.3, auto σ 0.07) were
 flagged at 27-160 of 195 steps on the six runs that went wrong (4-65x the oracle); the suite's
 own models at none of their steps (unicycle, linear systems; 27 runs) or at 2-31 (double
 pendulum, 9 runs, every one within 1.2x the oracle). A third of a horizon was reached on 1 of
-those 36 runs (double pendulum, seed 2, swing: a false alarm)."""
+those 36 runs (double pendulum, seed 2, swing: a false alarm). An eighth escalated 8 of the 9
+pendulum runs and made the worst stress run worse (42x to 99x the oracle)."""
 
 
 @dataclass(eq=False)
@@ -81,8 +84,19 @@ class EpisodeState:
     good: tuple[int, np.ndarray] | None = None
     #: Steps whose plan was flagged out of the data's distribution.
     flagged: list[int] = field(default_factory=list)
-    #: The step from which the plans use the more conservative σ (``on_ood="escalate"``).
-    escalated_at: int | None = None
+    #: The steps from which the plans climbed each rung of the escalation ladder
+    #: (``on_ood="escalate"``): the first rung at ``escalations[0]``, and so on.
+    escalations: list[int] = field(default_factory=list)
+
+    @property
+    def escalated_at(self) -> int | None:
+        """The step of the first escalation (None: the plans never escalated)."""
+        return self.escalations[0] if self.escalations else None
+
+    @property
+    def level(self) -> int:
+        """Rungs of the escalation ladder climbed so far (0: the plans' own σ)."""
+        return len(self.escalations)
 
     @property
     def k(self) -> int:
@@ -122,8 +136,9 @@ def flag_message(k: int, plan: PlanResult) -> str:
 
 def escalation_message(k: int, window: int, how: str) -> str:
     """Why an episode's plans change projection at step ``k`` (``on_ood="escalate"``)."""
-    return (f"step {k}: a third or more of the last {window} steps' plans were flagged out of "
-            f"the data's distribution; planning with {how} for the rest of the episode")
+    return (f"step {k}: {math.ceil(ESCALATION_FRACTION * window - 1e-9)} or more of the last "
+            f"{window} steps' plans were flagged out of the data's distribution; planning with "
+            f"{how} from this step on")
 
 
 class RecedingHorizon:
@@ -227,13 +242,13 @@ class RecedingHorizon:
         return u
 
     def escalate(self, state: EpisodeState, how: str | None) -> bool:
-        """Under ``on_ood="escalate"``, mark step ``state.k`` as the episode's escalation and
-        warn, if its flags are persistent (:meth:`should_escalate`) and the planner has a more
-        conservative projection (``how`` names it; None: none). Returns whether it escalated:
-        the caller then plans with that projection."""
+        """Under ``on_ood="escalate"``, mark step ``state.k`` as the episode's next rung of
+        escalation and warn, if its flags are persistent (:meth:`should_escalate`) and the
+        planner has a more conservative projection (``how`` names it; None: none left).
+        Returns whether it escalated: the caller then plans with that projection."""
         if how is None or not self.should_escalate(state):
             return False
-        state.escalated_at = state.k
+        state.escalations.append(state.k)
         warnings.warn(escalation_message(state.k, self.escalation_window, how), RuntimeWarning,
                       stacklevel=4)
         return True
@@ -241,11 +256,13 @@ class RecedingHorizon:
     def should_escalate(self, state: EpisodeState) -> bool:
         """Under ``on_ood="escalate"``, whether the flags known at step ``state.k`` are
         persistent: at least :data:`ESCALATION_FRACTION` of the last ``escalation_window``
-        steps (and not escalated yet)."""
-        if self.on_ood != "escalate" or state.escalated_at is not None:
+        steps, counting only the steps planned since the last escalation (each rung is
+        judged on its own plans)."""
+        if self.on_ood != "escalate":
             return False
         w, k = self.escalation_window, state.k
-        recent = sum(1 for j in state.flagged if k - w < j <= k)
+        since = state.escalations[-1] if state.escalations else -1
+        recent = sum(1 for j in state.flagged if k - w < j <= k and j >= since)
         return recent >= ESCALATION_FRACTION * w
 
     def flagged_input(self, state: EpisodeState, k: int, plan: PlanResult, u: np.ndarray,
@@ -332,14 +349,15 @@ class RecedingHorizonPolicy(Controller):
     def _can_cold_start(self) -> bool:
         """Whether a plan can start without a warm start (candidate windows exist)."""
 
-    @property
-    def escalation(self) -> str | None:
-        """How this planner plans after an escalation (``on_ood="escalate"``; for the
-        warning), or None where it has nothing more conservative."""
+    def escalation(self, level: int) -> str | None:
+        """How this planner plans on the escalation ladder's rung ``level + 1``, the one after
+        ``level`` escalations (``on_ood="escalate"``; for the warning), or None where it has
+        nothing more conservative."""
         return None
 
-    def use_escalated(self, escalated: bool) -> None:
-        """Plan with the escalated (conservative) projection, or the usual one."""
+    def use_escalated(self, level: int) -> None:
+        """Plan with the projection of the escalation ladder's rung ``level`` (0: the usual
+        one)."""
 
     # -- the episode ----------------------------------------------------------------------------
     def reset(self, observation: Any = None, info: dict | None = None) -> None:
@@ -351,7 +369,7 @@ class RecedingHorizonPolicy(Controller):
         ``step_time_budget``.
         """
         self._pending.clear()  # a previous episode's estimates are not this one's
-        self.use_escalated(False)
+        self.use_escalated(0)
         self.last_plan: PlanResult | None = None
         self.reset_time_s = 0.0
         if observation is None:
@@ -378,11 +396,10 @@ class RecedingHorizonPolicy(Controller):
         state = self._episode
         # Escalation counts every flag of the steps before this one (the last estimate, which
         # ran while the plant moved, is awaited): the same step in every run and in a fleet.
-        can_escalate = (self.rules.on_ood == "escalate" and state.escalated_at is None
-                        and self.escalation is not None)
-        self._collect_trust(wait=can_escalate)
-        if can_escalate and self.rules.escalate(state, self.escalation):
-            self.use_escalated(True)
+        how = self.escalation(state.level) if self.rules.on_ood == "escalate" else None
+        self._collect_trust(wait=how is not None)
+        if how is not None and self.rules.escalate(state, how):
+            self.use_escalated(state.level)
         request = self.rules.request(state, y)
         if request.warmup:
             if request.solve:
@@ -424,9 +441,15 @@ class RecedingHorizonPolicy(Controller):
 
     @property
     def escalated_at(self) -> int | None:
-        """The step of this episode from which the plans used the conservative projection
-        (``on_ood="escalate"``), or None."""
+        """The step of this episode from which the plans used a more conservative projection
+        (``on_ood="escalate"``: its first escalation), or None."""
         return self._episode.escalated_at
+
+    @property
+    def escalations(self) -> list[int]:
+        """The steps of this episode at which the plans climbed each rung of the escalation
+        ladder (``on_ood="escalate"``)."""
+        return list(self._episode.escalations)
 
     def _rate_later(self, k: int, plan: PlanResult) -> None:
         """Start the confidence estimate of step ``k``'s plan in the background."""

@@ -27,6 +27,7 @@ The tracker composes small pieces, each with one job (all in :mod:`ddcontrol.tra
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,21 +224,26 @@ class DenoisingTracker(RecedingHorizonPolicy):
         out); apply ``fallback.act(observation, info)``; raise
         :class:`~ddcontrol.trust.OutOfDistributionError`; or ``escalate``: warn, and once a
         third of the last horizon's steps have been flagged
-        (:data:`~ddcontrol.tracking.receding.ESCALATION_FRACTION`), plan at ``escalate_sigma``
-        for the rest of the episode (``escalated_at`` says from which step). ``ood_steps``
+        (:data:`~ddcontrol.tracking.receding.ESCALATION_FRACTION`), plan at the next σ of the
+        ladder ``escalate_sigma``, and climb again each time a third of the steps planned on
+        a rung are flagged (``escalated_at`` says from which step, ``escalations`` the step
+        of each rung). ``ood_steps``
         counts flagged steps. Under ``warn`` and ``escalate`` the estimates run in the
         background while the plant moves (``escalate`` awaits the previous step's before it
         counts); the other policies rate each plan before applying it. ``escalate`` is
         measured, not the default (``benchmarks/bench_escalation.py``): on unicycle models of
-        data that never showed the task's speeds (9 runs, auto σ 0.07) it brought the median
-        cost from 5.6x to 1.58x the oracle's and the worst from 65x to 33x (σ 0.3 from the
-        start: 1.22x / 1.89x), but one of its 9 runs got worse (22x to 27x), and on the
-        suite's own models the one run that escalated, a false alarm, cost 4.1x its ``warn``
-        run (double pendulum, seed 2, swing: the plans' σ changed mid-swing).
-    escalate_sigma : float, optional
-        σ of the plans after an escalation (normalised units): a projection that pulls plans
-        harder towards the data. Default the largest σ of the selection grid
-        (:data:`~ddcontrol.score.sigma.SIGMA_GRID`, 0.3); not above ``sigma``: no escalation.
+        data that never showed the task's speeds (9 runs, auto σ 0.07) the ladder brought the
+        median cost from 5.6x to 1.58x the oracle's (worst 65x to 61x; σ 0.3 from the start:
+        1.22x / 1.89x), and one of the 9 runs got worse (22x to 42x: the vehicle was lost
+        before the first escalation, at step 58). On the suite's own models only the double
+        pendulum's false alarms escalate (seed 2, swing: 1.13x against 1.12x under ``warn``;
+        a single jump to 0.3, the policy before the ladder, cost 4.61x there).
+    escalate_sigma : float or sequence of float, optional
+        The σ of the plans after each escalation (normalised units): projections that pull
+        plans harder towards the data, one rung per escalation. Default: the σ of the
+        selection grid above ``sigma`` (:data:`~ddcontrol.score.sigma.SIGMA_GRID`), one grid
+        step at a time; a number: that σ alone; values not above ``sigma`` are dropped
+        (none left: no escalation). ``config.escalate_sigma`` holds the resulting ladder.
     fallback : controller, optional
         For ``on_ood="fallback"``: an object with ``act(observation, info)`` (and optionally
         ``reset(observation, info)``, called by :meth:`reset`).
@@ -279,7 +285,8 @@ class DenoisingTracker(RecedingHorizonPolicy):
                  damping: float = 0.05, max_step: float | None = 0.5,
                  symmetry: WindowSymmetry | None = None,
                  trust: Any = None, on_ood: str = "warn", fallback: Any = None,
-                 escalate_sigma: float | None = None, device: str | torch.device = "cpu",
+                 escalate_sigma: float | Sequence[float] | None = None,
+                 device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         if not callable(denoiser):
             raise TypeError("denoiser must be callable as D(x, sigma)")
@@ -316,12 +323,11 @@ class DenoisingTracker(RecedingHorizonPolicy):
         self.cost = problem.window_cost(normalizer, cfg.t_ini, 0, dtype, self.device)
         if not self.symmetry.is_identity:
             self.cost = FramedWindowCost(self.cost, self.symmetry, normalizer)
-        self.manifold = self._planned = BehaviorManifold(denoiser, cfg.sigma)
-        # The projection after an escalation (on_ood="escalate"; None: none is more
-        # conservative than the plans').
-        self._escalated = (BehaviorManifold(denoiser, cfg.escalate_sigma)
-                           if cfg.on_ood == "escalate" and cfg.escalate_sigma > cfg.sigma
-                           else None)
+        # The plans' projection, then those of the escalation ladder's rungs
+        # (on_ood="escalate"; none where nothing is more conservative than the plans').
+        self._ladder = [BehaviorManifold(denoiser, s) for s in (cfg.sigma,) + (
+            cfg.escalate_sigma if cfg.on_ood == "escalate" else ())]
+        self.manifold = self._ladder[0]
         self.conditioner = make_conditioning(cfg.conditioning, cfg.penalty_weight)
         self.solvers = PlanSolvers(cfg, self.conditioner, self.cost, shape, dtype, self.device)
         self.cold_start = ColdStart(candidates, cfg.num_starts, shape, dtype, self.device)
@@ -482,18 +488,18 @@ class DenoisingTracker(RecedingHorizonPolicy):
         return self.trust(x, repredict=repredict, current_output=repredict and current_measured(
             measured, self.t_ini, self.m))
 
-    @property
-    def escalation(self) -> str | None:
-        """``"sigma <escalate_sigma> instead of <sigma>"``, or None (no ``on_ood="escalate"``,
-        or ``escalate_sigma`` not above ``sigma``)."""
-        if self._escalated is None:
+    def escalation(self, level: int) -> str | None:
+        """``"sigma <next> instead of <current>"`` for the escalation after ``level`` of them,
+        or None (no ``on_ood="escalate"``, or no rung of ``escalate_sigma`` left)."""
+        if level + 1 >= len(self._ladder):
             return None
-        return f"sigma {self.config.escalate_sigma:g} instead of {self.config.sigma:g}"
+        return (f"sigma {self._ladder[level + 1].sigma:g} instead of "
+                f"{self._ladder[level].sigma:g}")
 
-    def use_escalated(self, escalated: bool) -> None:
-        """Plan at ``escalate_sigma`` (True, where there is an escalation) or at ``sigma``."""
-        self.manifold = (self._escalated if escalated and self._escalated is not None
-                         else self._planned)
+    def use_escalated(self, level: int) -> None:
+        """Plan at the σ of the escalation ladder's rung ``level`` (0: ``sigma``; past the
+        last rung: the last)."""
+        self.manifold = self._ladder[min(int(level), len(self._ladder) - 1)]
 
     def _plan(self, block: np.ndarray | None, *, start: int,
               initial_point: np.ndarray | Tensor | None, iterations: int | None, refine: bool,

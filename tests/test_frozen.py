@@ -48,6 +48,23 @@ def test_forward_and_vjps_equal_autograd(linear_skip: bool, sigma: float) -> Non
         torch.testing.assert_close(den(x, sigma), ref.point, rtol=1e-12, atol=1e-12)
 
 
+def test_vjps_in_chunks_equal_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cotangents split into chunks of rows (a large batch of pinned rows) give the same
+    numbers as one product over all of them, including a last, shorter chunk."""
+    import ddcontrol.score.frozen as frozen_module
+
+    den = make()
+    x = torch.randn(5, 6, 3, dtype=torch.float64)
+    u = torch.randn(7, 5, 6, 3, dtype=torch.float64)
+    lin = den.linearize(x, 0.1)
+    whole = lin.vjps(u)
+    for rows in (1, 10, 15, 34):  # 1 and 2 cotangents per chunk (5 rows each), 3, 6
+        monkeypatch.setattr(frozen_module, "VJP_ROWS", rows)
+        torch.testing.assert_close(lin.vjps(u), whole, rtol=0, atol=1e-14)
+    ref = autograd_linearization(den, x, 0.1)
+    torch.testing.assert_close(whole, ref.vjps(u, retain_graph=True), rtol=1e-10, atol=1e-12)
+
+
 def test_full_jacobian_matches_torch_func() -> None:
     den = make()
     x = torch.randn(1, 6, 3, dtype=torch.float64)

@@ -24,41 +24,37 @@ problems planned both ways, the largest difference of the planned inputs (physic
 windows (normalised) and predicted costs (relative), with both sets of costs; then the same
 comparison for ``--check64`` problems with model and tracker in float64.
 
-Run (the recorded figures; a 2-core machine shared with other jobs, load average 3.2-4.6, one
-torch thread; 196 s)::
+Run (the recorded figures; a 2-core machine with no other job, load average 0.8-1.3, one torch
+thread; 201 s)::
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_batch_plans.py
 
 writes ``benchmarks/results/batch_plans.json``. Recorded, plans per CPU second (speedup over
 sequential); one start per plan (``num_starts=1``; the system defaults' 8 cold starts would
-multiply every cold batch by 8), ``warm_j5`` with this session's chord iterations (the rows'
-k x k inverse reused, directions exact)::
+multiply every cold batch by 8); warm plans take the system's ``iterations_per_step`` (5 on the
+unicycle, 20 on the msd); the VJPs of the pinned rows in chunks of at most 512 rows per matrix
+product (:data:`ddcontrol.score.frozen.VJP_ROWS`)::
 
-    system    mode     iters  sequential  K=1         K=16          K=64          K=256
-    unicycle  cold     30      5.0        7.4 (1.5x)  24.0 (4.8x)   27.6 (5.5x)   24.2 (4.8x)
-    unicycle  warm     20     15.2       14.7 (1.0x)  40.1 (2.6x)   36.9 (2.4x)   34.3 (2.3x)
-    unicycle  warm_j5  20     20.0       19.6 (1.0x)  71.7 (3.6x)   82.8 (4.2x)   84.8 (4.3x)
-    msd       cold     30     17.0       15.8 (0.9x)  77.1 (4.5x)   91.0 (5.3x)   96.9 (5.7x)
-    msd       warm     20     25.7       25.8 (1.0x) 121.2 (4.7x)  124.9 (4.9x)  126.4 (4.9x)
-    msd       warm_j5  20     23.0       21.2 (0.9x) 149.0 (6.5x)  168.1 (7.3x)  185.4 (8.0x)
+    system    mode     iters  sequential  K=1          K=16          K=64          K=256
+    unicycle  cold      30      2.5      3.0 (1.2x)   11.2 (4.5x)   16.6 (6.7x)   17.8 (7.2x)
+    unicycle  warm       5     25.0     19.0 (0.8x)   68.3 (2.7x)   66.0 (2.6x)   69.1 (2.8x)
+    unicycle  warm_j5    5     29.7     22.5 (0.8x)   79.8 (2.7x)   91.5 (3.1x)  109.1 (3.7x)
+    msd       cold      30     14.4     14.7 (1.0x)   72.1 (5.0x)   81.7 (5.7x)   87.5 (6.1x)
+    msd       warm      20     10.9      9.5 (0.9x)   63.3 (5.8x)   68.4 (6.3x)   96.2 (8.8x)
+    msd       warm_j5   20     17.6     13.4 (0.8x)  110.1 (6.3x)  137.7 (7.8x)  161.2 (9.2x)
 
-(unicycle: 30,000 candidates, 40 pinned coordinates; msd: 11,000 and 11; solver "nesterov".
-Single K = 1 rates scatter by ±30 % between runs on this machine.) The issue's target, 10x the
-sequential rate at K = 64 on a CPU, is not reached: 2.4-5.5x for every-iteration-exact solves,
-4.2-7.3x with ``jacobian_every=5`` (8.0x at K = 256 on the msd; the previous session's figures,
-with the older chord that reused the rows themselves, were 4.8-8.7x).
-Single plans got faster too (the unicycle's warm plan 10 -> 15 plans/s), which lowers the
-ratios. A conditioned iteration is
-bound by the VJPs of the pinned coordinates' Jacobian rows, K · (k + 1) backward rows for k
-pinned coordinates: one plan already fills the core with its k + 1 rows (unicycle, the
-denoiser's forward and VJPs of one iteration, CPU time: 2.4 ms at K = 1 and 83 ms at K = 64 with
-the 42 rows, 1.1 vs 5.4 ms with one cotangent), so batching gains what the per-call overhead,
-the small forward and the cold-start search cost (the search
-scores 30,000 candidates in 0.25 s per single plan, in 7 ms per problem batched). Batched ==
-sequential: float32 inputs within 1.1e-5 (unicycle; costs 1e-6 relative) but on the msd within
-1.8e-2 (cold) to 0.97 (one warm_j5 plan, its cost 5 % apart): in float64 every mode agrees to
-5e-10 or better (unicycle 4e-14), so the float32 gaps are round-off that the msd's conditioned
-solve amplifies, not a difference of the computations. ``--device cuda`` runs the same on a GPU
+(unicycle: 30,000 candidates, 40 pinned coordinates, auto σ 0.3; msd: 11,000 and 11, auto σ
+0.3; solver "nesterov". Single K = 1 rates scatter by ±30 % between runs on this machine.) The
+issue's target, 10x the sequential rate at K = 64 on a CPU, is not reached: 2.6-6.7x for
+every-iteration-exact solves, 3.1-7.8x with ``jacobian_every=5`` (9.2x at K = 256 on the msd).
+The previous recording (σ 0.2 / 0.05 and 20 warm iterations on the unicycle, the pinned rows in
+one product) gave 2.4-5.5x and 4.2-7.3x. A conditioned iteration is bound by the VJPs of the
+pinned coordinates' Jacobian rows, K · (k + 2) backward rows for k pinned coordinates: one plan
+already fills the core with its k + 2 rows, so batching gains what the per-call overhead, the
+small forward and the cold-start search cost. Batched == sequential to float32 round-off
+(unicycle inputs within 1e-5; the msd's conditioned solve amplifies round-off, up to 8e-2 on one
+warm_j5 plan); in float64 every mode agrees to 1e-12 or better, so the float32 gaps are
+round-off, not a difference of the computations. ``--device cuda`` runs the same on a GPU
 (not measured: no device was available).
 """
 

@@ -168,10 +168,17 @@ def model_folder(system: str, seed: int, steps: int, symmetry: str = "auto",
                  design: dict[str, Any] | None = None,
                  train_set: dict[str, Any] | None = None) -> Path:
     """Where :func:`dataset_and_model` caches the model of ``system``, ``seed``, ``design`` and
-    training overrides ``train_set``."""
+    training overrides ``train_set`` (with the system's own training options, which are part
+    of the folder's name: a model trained before they changed is not taken for today's)."""
     return MODELS / (f"{system}-s{seed}-{steps}" + ("" if symmetry == "auto" else
                                                     f"-sym{symmetry}") + data_tag(design)
-                     + data_tag(train_set))
+                     + data_tag(training_options(system, train_set)))
+
+
+def training_options(system: str, train_set: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The :class:`TrainConfig` overrides of ``system``'s model: the system's own
+    (``SystemDefaults.train_options``), then ``train_set``."""
+    return {**system_defaults(SYSTEMS[system]["env"]).train_options, **(train_set or {})}
 
 
 def dataset_and_model(system: str, seed: int, steps: int, device: str, symmetry: str = "auto",
@@ -181,13 +188,13 @@ def dataset_and_model(system: str, seed: int, steps: int, device: str, symmetry:
     data ``design`` of :func:`_dataset`; ``train_set``: :class:`TrainConfig` fields that
     differ from the defaults, e.g. ``{"width": 128}``)."""
     spec = SYSTEMS[system]
-    folder = model_folder(system, seed, steps, symmetry, design, train_set)
     d = system_defaults(spec["env"])
+    folder = model_folder(system, seed, steps, symmetry, design, train_set)
     data = _dataset(system, seed, design)
     if not (folder / "checkpoint.pt").exists():
         cfg = TrainConfig(out=str(folder), window=d.window, device=device, overwrite=True,
                           seed=seed, progress=False, steps=steps, symmetry=symmetry,
-                          **(train_set or {}))
+                          **training_options(system, train_set))
         t0 = time.perf_counter()
         train(cfg, data)
         print(f"trained {system} seed {seed}: {steps} steps in "

@@ -18,7 +18,12 @@ configuration, and its own timing), and each is measured by
 
 The target of issue 14 ("the double pendulum's closed-loop model reaching its current quality
 in <= 3 minutes") reads off the curve: the first budget whose error (and cost) is within 5 % of
-the largest budget's, and the minutes it took.
+the largest budget's, and the minutes it took; with ``--target FILE``, of the largest budget of
+another curve (an earlier training configuration's: the quality to reach). Models are trained
+with the system's own training options (``SystemDefaults.train_options``: the double
+pendulum's noise range 0.015-0.5), which name their cache folders and result files
+(``time_to_quality_pendulum_t2_sigma_max0.5_sigma_min0.015.json``); the curves of the generic
+range (0.01-1.0) are the files without them.
 
 Run: ``python benchmarks/bench_time_to_quality.py --system pendulum --budgets 1000 2000 4000
 6000 8000 --closed-loop``; writes ``benchmarks/results/time_to_quality_<system>.json`` and
@@ -43,7 +48,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_closed_loop_suite import MODELS, SYSTEMS, _dataset, _label  # noqa: E402
+from bench_closed_loop_suite import (  # noqa: E402
+    MODELS,
+    SYSTEMS,
+    _dataset,
+    _label,
+    training_options,
+)
 from bench_geometry import overrides  # noqa: E402
 
 from ddcontrol._io import atomic_write  # noqa: E402
@@ -68,13 +79,13 @@ def trained(system: str, seed: int, steps: int, threads: int = 1,
     """The suite's data and a model of ``steps`` steps, the default configuration with the
     TrainConfig overrides ``model`` (trained once, cached with its CPU and wall seconds in
     ``timing.json``)."""
-    model = model or {}
+    d = system_defaults(SYSTEMS[system]["env"])
+    model = training_options(system, model)  # the system's own options, as the suite's models
     folder = MODELS / (f"{system}-s{seed}-{steps}-ttq{'' if threads == 1 else f'-t{threads}'}"
                        f"{variant_tag(model)}")
     data = _dataset(system, seed)
     timing_file = folder / "timing.json"
     if not timing_file.exists():
-        d = system_defaults(SYSTEMS[system]["env"])
         cfg = TrainConfig(out=str(folder), window=d.window, device="cpu", overwrite=True,
                           seed=seed, progress=False, steps=steps, val_every=0,
                           num_threads=threads, **model)
@@ -188,6 +199,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                    help="TrainConfig overrides for a capacity or architecture curve (e.g. "
                         "width=512, arch=unet); cached and written apart")
+    p.add_argument("--target", default=None, metavar="FILE",
+                   help="a time-to-quality JSON (in benchmarks/results) whose largest budget sets "
+                        "the quality to reach (e.g. the curve of an earlier training "
+                        "configuration); default: this run's largest budget")
     args = p.parse_args(argv)
     variant = overrides(args.model)
     torch.set_num_threads(args.threads)
@@ -219,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run["worst_cost_ratio"] = float(np.max(ratios)) if ratios else None
         runs.append(run)
     last = runs[-1]
+    if args.target:  # the quality of another curve's largest budget
+        last = max(json.loads((RESULTS / args.target).read_text())["runs"],
+                   key=lambda r: r["steps"])
 
     def within(r: dict[str, Any]) -> bool:
         ok = r["median_error"] <= 1.05 * last["median_error"]
@@ -226,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ok = ok and r["median_cost_ratio"] <= 1.05 * last["median_cost_ratio"]
         return ok
 
-    first = next(r for r in runs if within(r))
+    first = next((r for r in runs if within(r)), None)
     load.append(list(os.getloadavg()))
     result = {"benchmark": "time to quality", "system": args.system, "seed": args.seed,
               "sigma": d.sigma, "t_ini": d.t_ini, "held_out_windows": int(windows.shape[0]),
@@ -234,17 +252,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   sys.argv[1:] if argv is None else argv),
               "load_average_start_end": load, "threads": args.threads, "model": variant,
               "runs": runs,
-              "reference_run_steps": last["steps"],
-              "first_within_5pct": {"steps": first["steps"],
-                                    "train_minutes": first["train_minutes"]}}
+              "reference_run_steps": last["steps"], "target": args.target,
+              "target_quality": {k: last.get(k) for k in ("median_error",
+                                                          "median_cost_ratio")},
+              "first_within_5pct": None if first is None else {
+                  "steps": first["steps"], "train_minutes": first["train_minutes"]}}
+    tag = variant_tag(training_options(args.system, variant))  # the system's options too
     out = RESULTS / (f"time_to_quality_{args.system}"
                      f"{'' if args.threads == 1 else f'_t{args.threads}'}"
-                     f"{variant_tag(variant).replace('-', '_')}.json")
+                     f"{tag.replace('-', '_')}.json")
     text = (json.dumps(result, indent=2) + "\n").encode()
     atomic_write(out, lambda fh: fh.write(text))
     plot(result, out.with_suffix(".png"))
-    print(f"first budget within 5 % of the {last['steps']}-step model: {first['steps']} steps, "
-          f"{first['train_minutes']:.2f} min; wrote {out}")
+    whose = f"{args.target}'s " if args.target else ""
+    print(f"first budget within 5 % of {whose}{last['steps']}-step model: "
+          + ("none" if first is None else
+             f"{first['steps']} steps, {first['train_minutes']:.2f} min") + f"; wrote {out}")
     return result
 
 

@@ -243,6 +243,14 @@ def test_demo_defaults_to_the_double_pendulum_from_rest(tmp_path):
     # Every controller starts from the pendulum at rest: the first measured outputs are 0.
     for episodes in res["episodes"].values():
         np.testing.assert_allclose(episodes[0]["outputs"][0], 0.0, atol=1e-12)
+    # The model is trained with the system's own training options (its noise range).
+    from ddcontrol.score import load_model
+    from ddcontrol.tracking.defaults import system_defaults
+
+    options = system_defaults(DEFAULT_ENV).train_options
+    assert options == {"sigma_min": 0.015, "sigma_max": 0.5}
+    config = load_model(out / "model").config
+    assert {k: config[k] for k in options} == options
 
 
 def test_finite_horizon_verdict_labels_what_the_numbers_mean():

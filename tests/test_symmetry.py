@@ -215,6 +215,12 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     # 5 warm iterations per step on the unicycle (measured per system), 20 elsewhere.
     assert tracker.iterations_per_step == d.iterations_per_step == 5
     assert system_defaults("ddcontrol/DoublePendulum-v0").iterations_per_step == 20
+    # Training options per system (measured): the pendulum's narrower noise range, valid as a
+    # TrainConfig; the unicycle keeps the generic one.
+    from ddcontrol.score import TrainConfig
+
+    pendulum = system_defaults("ddcontrol/DoublePendulum-v0").train_options
+    assert TrainConfig(**pendulum).sigma_max == 0.5 and d.train_options == {}
     # The finite-horizon refinement: the system's iterations, at the plan's σ by default.
     assert tracker.refine_iterations == d.refine_iterations == 30
     assert tracker.refine_sigma == d.refine_sigma == 0.02 and tracker.config.damping == d.damping

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, device=args.device, overwrite=True,
                       num_threads=torch.get_num_threads(),
                       width=preset.width, progress=True,
-                      val_every=0, checkpoint_every=0)
+                      val_every=0, checkpoint_every=0, **system.train_options)
     model = train(cfg, data)
     timings["train_s"] = time.perf_counter() - t0
     losses = [json.loads(line) for line in (out / "model" / "log.jsonl").read_text().splitlines()]

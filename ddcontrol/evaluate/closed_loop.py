@@ -63,11 +63,10 @@ class Episode:
         ``ood_steps``); None for controllers that do not measure it.
     flagged_steps : list of int or None
         Which steps those were (sample indices; marked in the comparison's output plot).
-    escalated_at : int or None
-        The step from which a DenoisingTracker under ``on_ood="escalate"`` planned with a more
-        conservative projection (None: it did not, or the controller has no such policy).
     escalations : list of int or None
-        The step of each rung of its escalation ladder (the first is ``escalated_at``).
+        The step of each rung of a DenoisingTracker's escalation ladder under
+        ``on_ood="escalate"`` (None: the controller has no such policy); ``escalated_at`` is
+        the first.
     """
 
     name: str
@@ -82,12 +81,13 @@ class Episode:
     state_source: str = "info"
     ood_steps: int | None = None
     flagged_steps: list[int] | None = None
-    escalated_at: int | None = None
     escalations: list[int] | None = None
 
-    def __post_init__(self) -> None:
-        if self.escalations and self.escalated_at is None:
-            self.escalated_at = self.escalations[0]
+    @property
+    def escalated_at(self) -> int | None:
+        """The step from which the tracker planned with a more conservative projection (its
+        first escalation), or None."""
+        return self.escalations[0] if self.escalations else None
 
     @property
     def failed(self) -> bool:
@@ -226,7 +226,6 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
                    ended=ended, state_source=access.source,
                    ood_steps=getattr(controller, "ood_steps", None),
                    flagged_steps=getattr(controller, "flagged_steps", None),
-                   escalated_at=getattr(controller, "escalated_at", None),
                    escalations=getattr(controller, "escalations", None))
 
 

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from ddcontrol.tracking.tracker import PlanResult
 
 __all__ = ["EpisodeState", "StepRequest", "RecedingHorizon", "RecedingHorizonPolicy",
-           "ESCALATION_FRACTION", "escalation_message"]
+           "ESCALATION_FRACTION", "escalation_count", "escalation_message"]
 
 ESCALATION_FRACTION = 1.0 / 3.0
 """Under ``on_ood="escalate"``, the fraction of the last horizon's steps (those planned since the
@@ -134,11 +134,16 @@ def flag_message(k: int, plan: PlanResult) -> str:
             f"{plan.estimated_deviation:.3g} > {plan.trust['threshold']:.3g})")
 
 
+def escalation_count(window: int) -> int:
+    """Flagged steps among the last ``window`` that escalate (:data:`ESCALATION_FRACTION`)."""
+    return math.ceil(ESCALATION_FRACTION * window)
+
+
 def escalation_message(k: int, window: int, how: str) -> str:
     """Why an episode's plans change projection at step ``k`` (``on_ood="escalate"``)."""
-    return (f"step {k}: {math.ceil(ESCALATION_FRACTION * window - 1e-9)} or more of the last "
-            f"{window} steps' plans were flagged out of the data's distribution; planning with "
-            f"{how} from this step on")
+    return (f"step {k}: {escalation_count(window)} or more of the last {window} steps' plans "
+            f"were flagged out of the data's distribution; planning with {how} from this step "
+            "on")
 
 
 class RecedingHorizon:
@@ -263,7 +268,7 @@ class RecedingHorizon:
         w, k = self.escalation_window, state.k
         since = state.escalations[-1] if state.escalations else -1
         recent = sum(1 for j in state.flagged if k - w < j <= k and j >= since)
-        return recent >= ESCALATION_FRACTION * w
+        return recent >= escalation_count(w)
 
     def flagged_input(self, state: EpisodeState, k: int, plan: PlanResult, u: np.ndarray,
                       fallback: Callable[[], np.ndarray] | None) -> np.ndarray:

@@ -187,6 +187,18 @@ def test_damped_pinv_gives_a_non_finite_block_nan_and_the_others_their_inverse(m
     torch.testing.assert_close(out[0], exact, rtol=0, atol=1e-12)
 
 
+def test_damped_pinv_treats_an_overflowing_float32_block_as_diverged(monkeypatch):
+    """Finite entries whose products overflow inside the factorisation count as diverged."""
+    from ddcontrol.solvers.conditioned import damped_pinv
+
+    _strict_solve(monkeypatch)
+    gram = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    gram[1] *= 1e17  # GᵀG ~ 1e34: finite in float32, its LU's products are not
+    out = damped_pinv(gram, 0.05)
+    assert torch.isnan(out[1]).all()
+    assert torch.isfinite(out[[0, 2]]).all()
+
+
 @pytest.mark.parametrize("jacobian_every", [1, 3])
 def test_a_problem_whose_denoiser_diverges_does_not_stop_the_batch(monkeypatch, jacobian_every):
     # One problem's denoiser output turns NaN after a few calls: the solve finishes, reports

@@ -45,7 +45,8 @@ def damped_pinv(gram_t: Tensor, damping: float) -> Tensor:
     """The Tikhonov-damped pseudo-inverse ``(GᵀG + λ²I)⁻¹Gᵀ`` of a batch of k × k blocks
     ``gram_t`` = G (B, k, k), λ = ``damping``.
 
-    A problem of the batch whose block is not finite (its denoiser output diverged) gets NaN,
+    A problem of the batch whose block is not finite, or so large that the factorisation would
+    overflow (its denoiser output diverged), gets NaN,
     which the solver's checks then report as diverged, and the others their exact inverse: for
     such a matrix LAPACK returns invalid pivots and torch rejects the whole batch (on CPU from
     k of about 200 on, e.g. the σ selection of a 100-step window with 225 pinned coordinates),
@@ -54,7 +55,10 @@ def damped_pinv(gram_t: Tensor, damping: float) -> Tensor:
     gt = gram_t.transpose(1, 2)
     eye = torch.eye(gram_t.shape[-1], dtype=gram_t.dtype, device=gram_t.device)
     lhs = gt @ gram_t + damping ** 2 * eye
-    bad = ~torch.isfinite(lhs).flatten(1).all(dim=1)[:, None, None]  # no host sync
+    # Finite but huge entries (a diverging denoiser in float32) overflow inside the LU and
+    # give LAPACK the same invalid pivots as NaN: they count as not finite.
+    limit = torch.finfo(lhs.dtype).max ** 0.5
+    bad = ~(lhs.abs() < limit).flatten(1).all(dim=1)[:, None, None]  # no host sync; NaN too
     pinv = torch.linalg.solve(torch.where(bad, eye, lhs), torch.where(bad, 0.0, gt))
     return torch.where(bad, torch.nan, pinv)
 

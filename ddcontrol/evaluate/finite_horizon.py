@@ -2,8 +2,11 @@
 
 From trajectory ``i`` of the dataset: with T_ini = 0 (models trained on windows as long as the
 horizon, data from one fixed initial state) the plan starts at the data's initial state; with
-T_ini > 0 its first T_ini samples are the measured past. The planned inputs are replayed in the
-true simulator from the true state, and compared with the best training window.
+T_ini > 0 its first T_ini samples are the measured past. ``pin_start=True`` also pins the first
+planned output to the trajectory's measured initial output when T_ini = 0: a model of shorter
+windows stitched to the horizon (:func:`ddcontrol.score.stitched.stitched_model`) has learned
+windows from every state, so the start must be told. The planned inputs are replayed in the true
+simulator from the true state, and compared with the best training window.
 """
 
 from __future__ import annotations
@@ -40,14 +43,17 @@ class FiniteHorizonResult:
 
 def finite_horizon_experiment(model: Any, data: TrajectoryDataset, reference: Reference, *,
                               horizon: int, Q: Any = 1.0, R: Any = 0.01, trajectory: int = 0,
+                              pin_start: bool = False,
                               **tracker_options: Any) -> FiniteHorizonResult:
     """Plan over ``horizon`` steps with a DenoisingTracker and verify it in the true simulator.
 
     ``reference`` is indexed from the start of trajectory ``trajectory``; the plan covers samples
     ``T_ini .. T_ini + horizon − 1``. ``tracker_options`` go to :class:`DenoisingTracker`
-    (``sigma``, ``solver``, ``iterations``, ``num_starts``...).
+    (``sigma``, ``solver``, ``iterations``, ``num_starts``...). ``pin_start``: with T_ini = 0,
+    pin the first planned output to the trajectory's initial output (module docstring).
     """
-    setup = _Setup(model, data, reference, horizon, Q, R, [trajectory], tracker_options)
+    setup = _Setup(model, data, reference, horizon, Q, R, [trajectory], tracker_options,
+                   pin_start)
     past_u, past_y, current_y, frames = setup.measured()
     try:
         plan = setup.tracker.plan(None if past_u is None else past_u[0],
@@ -62,6 +68,7 @@ def finite_horizon_experiment(model: Any, data: TrajectoryDataset, reference: Re
 def finite_horizon_batch(model: Any, data: TrajectoryDataset,
                          references: Reference | Sequence[Reference], *, horizon: int,
                          trajectories: Sequence[int], Q: Any = 1.0, R: Any = 0.01,
+                         pin_start: bool = False,
                          **tracker_options: Any) -> list[FiniteHorizonResult]:
     """:func:`finite_horizon_experiment` for K problems (trajectory ``trajectories[k]``,
     reference ``references[k]`` or one reference for all) planned in one batched solve
@@ -77,7 +84,8 @@ def finite_horizon_batch(model: Any, data: TrajectoryDataset,
             else list(references))
     if len(refs) != len(trajectories):
         raise DimensionError(f"{len(refs)} references for {len(trajectories)} trajectories")
-    setup = _Setup(model, data, refs[0], horizon, Q, R, trajectories, tracker_options)
+    setup = _Setup(model, data, refs[0], horizon, Q, R, trajectories, tracker_options,
+                   pin_start)
     past_u, past_y, current_y, frames = setup.measured()
     try:
         problems = batch_problems(setup.tracker, refs)
@@ -93,8 +101,8 @@ class _Setup:
     """The tracker, candidates and simulator of a finite-horizon experiment on ``data``."""
 
     def __init__(self, model: Any, data: TrajectoryDataset, reference: Reference, horizon: int,
-                 Q: Any, R: Any, trajectories: list[int], tracker_options: dict[str, Any]
-                 ) -> None:
+                 Q: Any, R: Any, trajectories: list[int], tracker_options: dict[str, Any],
+                 pin_start: bool = False) -> None:
         model.check_dataset(data)
         t_ini = model.window_length - horizon
         if t_ini < 0:
@@ -110,6 +118,7 @@ class _Setup:
         else:
             candidates = data.windows(length, stride=max(1, length // 4))
         self.data, self.t_ini, self.trajectories = data, t_ini, trajectories
+        self.pin_start = bool(pin_start)
         self.candidates, self.horizon = candidates, horizon
         # Any env (or none: measured data): bounds from the dataset, replay where a simulator is.
         self.sim = simulator_for(data)
@@ -133,11 +142,14 @@ class _Setup:
     def measured(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None,
                                 np.ndarray]:
         """Pasts (K, T_ini, ·) and current outputs (K, p) of the trajectories (None with
-        T_ini = 0), and the frames (K, k) their first samples place the plans in."""
+        T_ini = 0; the initial outputs with ``pin_start``), and the frames (K, k) their first
+        samples place the plans in."""
         data, t, idx = self.data, self.t_ini, self.trajectories
         past_u = past_y = current_y = None
         if t:
             past_u, past_y, current_y = data.u[idx, :t], data.y[idx, :t], data.y[idx, t]
+        elif self.pin_start:
+            current_y = data.y[idx, 0]
         # With nothing measured, the trajectory's first sample places the plan in the world.
         first = np.concatenate([data.u[idx, 0], data.y[idx, 0]], axis=-1)
         return past_u, past_y, current_y, self.symmetry.frame_of_sample(first)

@@ -16,6 +16,7 @@ from ddcontrol.score.checkpoint import TrainedModel, load_model
 from ddcontrol.score.closed_form import EmpiricalDenoiser, LinearGaussianDenoiser
 from ddcontrol.score.networks import ResidualMLP, TemporalUNet, build_network
 from ddcontrol.score.precond import BehaviorDenoiser, edm_scalings
+from ddcontrol.score.stitched import StitchedDenoiser, stitched_model
 
 _LAZY = {"TrainConfig": "ddcontrol.score.train", "train": "ddcontrol.score.train"}
 
@@ -29,6 +30,8 @@ __all__ = [
     "ResidualMLP",
     "TemporalUNet",
     "build_network",
+    "StitchedDenoiser",
+    "stitched_model",
     "TrainConfig",
     "train",
     "TrainedModel",

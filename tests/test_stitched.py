@@ -11,10 +11,8 @@ from ddcontrol.data import collect
 from ddcontrol.data.collect import make_dynamics
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import ConfigurationError, DimensionError
-from ddcontrol.evaluate.replay import replay
 from ddcontrol.score.stitched import StitchedDenoiser, stitch_offsets
 from ddcontrol.symmetry import PlanarSymmetry
-from ddcontrol.tracking import DenoisingTracker, TrackingProblem
 
 MIMO = "ddcontrol/CoupledMasses-v0"
 
@@ -105,26 +103,14 @@ def test_stitched_plan_reaches_the_bounded_optimum(mimo, exact_projector):
     """A 26-step plan (T_ini 6 + 20) on a manifold known only through 20-step windows reaches the
     true constrained optimum from a measured past (the passes make the stitched map close to
     the projection onto the long behaviour, which the pinned past's Gauss-Newton pull needs)."""
-    from test_tracking import bounded_optimum
+    from test_tracking import conditioned_mimo_plan
 
     data, short, long = mimo
     t_ini, n_h = 6, 20
-    episode = collect(MIMO, 1, 40, seed=5, noise=False)
-    k = 20
-    ref = np.stack([0.8 * np.sin(np.arange(60) * 0.1),
-                    0.5 * np.sign(np.sin(np.arange(60) * 0.05))], axis=1)
-    prob = TrackingProblem(ref, n_h, 2, 2, dt=0.1, Q=1.0, R=0.01, input_low=-5, input_high=5)
     den = StitchedDenoiser(exact_projector(data.windows(20, stride=3, normalized=True)), 20,
                            t_ini + n_h, stride=3, passes=10)
-    tracker = DenoisingTracker(den, data.normalizer, prob, candidates=long, t_ini=t_ini,
-                               sigma=1e-3, solver="nesterov", iterations=300,
-                               dtype=torch.float64, damping=1e-3, max_step=None, num_starts=1)
-    plan = tracker.plan(episode.u[0, k - t_ini:k], episode.y[0, k - t_ini:k],
-                        current_y=episode.y[0, k], start=k)
-    dyn = make_dynamics(MIMO)
-    rep = replay(prob, dyn, episode.x[0, k], plan.inputs, plan.predicted_outputs,
-                 u_prev=episode.u[0, k - 1], start=k)
-    optimum = bounded_optimum(dyn, episode.x[0, k], ref[k:k + n_h], 0.01, -5, 5, n_h)
+    _, rep, optimum, _, _ = conditioned_mimo_plan(den, data.normalizer, long, t_ini, n_h, 300,
+                                                  num_starts=1)
     assert rep.true_cost <= 1.01 * optimum
     assert rep.manifold_deviation < 1e-3
 

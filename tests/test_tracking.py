@@ -80,25 +80,33 @@ def test_finite_horizon_reaches_true_optimum_and_beats_training_windows(sigma_st
     assert plan.initial_cost == pytest.approx(best_window, rel=1e-6)
 
 
-def test_conditioned_plan_reaches_bounded_optimum_from_measured_past():
-    t_ini, n_h = 6, 20
-    data = collect(MIMO, 300, 60, seed=0, noise=False)
-    windows = data.windows(t_ini + n_h, stride=5, normalized=True)
+def conditioned_mimo_plan(denoiser, normalizer, candidates, t_ini: int, n_h: int,
+                          iterations: int, **options):
+    """The coupled masses' conditioned case: a plan from a measured past at step 20 of a
+    noise-free episode; returns (plan, replay, bounded optimum, the episode)."""
     episode = collect(MIMO, 1, 40, seed=5, noise=False)
     k = 20
     ref = np.stack([0.8 * np.sin(np.arange(60) * 0.1),
                     0.5 * np.sign(np.sin(np.arange(60) * 0.05))], axis=1)
     prob = TrackingProblem(ref, n_h, 2, 2, dt=0.1, Q=1.0, R=0.01, input_low=-5, input_high=5)
-    tracker = DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
-                               candidates=windows, t_ini=t_ini, sigma=1e-3,
-                               solver="nesterov", iterations=600, dtype=torch.float64,
-                               damping=1e-3, max_step=None)
+    tracker = DenoisingTracker(denoiser, normalizer, prob, candidates=candidates, t_ini=t_ini,
+                               sigma=1e-3, solver="nesterov", iterations=iterations,
+                               dtype=torch.float64, damping=1e-3, max_step=None, **options)
     plan = tracker.plan(episode.u[0, k - t_ini:k], episode.y[0, k - t_ini:k],
                         current_y=episode.y[0, k], start=k)
     dyn = make_dynamics(MIMO)
     rep = replay(prob, dyn, episode.x[0, k], plan.inputs, plan.predicted_outputs,
                  u_prev=episode.u[0, k - 1], start=k)
     optimum = bounded_optimum(dyn, episode.x[0, k], ref[k:k + n_h], 0.01, -5, 5, n_h)
+    return plan, rep, optimum, episode, k
+
+
+def test_conditioned_plan_reaches_bounded_optimum_from_measured_past():
+    t_ini, n_h = 6, 20
+    data = collect(MIMO, 300, 60, seed=0, noise=False)
+    windows = data.windows(t_ini + n_h, stride=5, normalized=True)
+    plan, rep, optimum, episode, k = conditioned_mimo_plan(
+        exact_projector_denoiser(windows), data.normalizer, windows, t_ini, n_h, 600)
     assert rep.true_cost <= 1.01 * optimum
     assert np.all(np.abs(plan.inputs) <= 5 + 1e-9)
     # The plan's past is the measured past.

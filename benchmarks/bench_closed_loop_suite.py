@@ -73,7 +73,8 @@ linearisation is not stabilisable). Then, merged::
         suite_denoising_v2_pendulum suite_denoising_v2_unicycle suite_denoising_v2_msd \
         suite_denoising_v2_coupled suite_denoising_v3_pendulum suite_denoising_v3_unicycle \
         suite_denoising_v3_linear suite_denoising_v4_msd suite_denoising_v5_unicycle \
-        suite_denoising_v5_linear suite_denoising_v5_pendulum suite_denoising_v6_unicycle
+        suite_denoising_v5_linear suite_denoising_v5_pendulum suite_denoising_v6_unicycle \
+        suite_denoising_v7_pendulum suite_denoising_v9_linear
 
 The denoising rows of the merged table are the ``suite_denoising_v2_<system>`` runs (session 4
 code: cold start in ``reset``, explicit VJPs; every default, i.e. a per-step budget of 0.45 dt on
@@ -90,7 +91,10 @@ four are replaced by ``suite_denoising_v5_<unicycle|linear|pendulum>`` (session 
 ``sigma="auto"``, the σ training selected from held-out data; damping 0.01 on the linear
 systems), made the same way (``--train-steps 4000`` for msd and coupled). The unicycle's
 are in turn replaced by ``suite_denoising_v6_unicycle`` (5 warm iterations per step instead
-of 20), made the same way.
+of 20), made the same way; the pendulum's by ``suite_denoising_v7_pendulum`` (its models
+trained on σ 0.015-0.5, ``SystemDefaults.train_options``), and the linear systems' by
+``suite_denoising_v9_linear`` (the same training range and the ``interior`` σ rule; the range
+alone, with the robust rule's σ 0.3: ``suite_denoising_v8_linear``).
 
 With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
 budget_check_unicycle``. Ablation without the symmetry: ``--symmetry none --results

@@ -58,6 +58,7 @@ from ddcontrol.evaluate.controllers import make_controller  # noqa: E402
 from ddcontrol.score.sigma import (  # noqa: E402
     AUTO_CRITERION,
     SIGMA_GRID,
+    auto_criterion,
     auto_sigma_selection,
     conditioned_prediction_error,
     criterion_name,
@@ -104,7 +105,7 @@ def selection_entry(system: str, seed: int, data: Any, model: Any, folder: Path,
     cfg = model.config or {}
     _, held = data.split(1.0 - float(cfg.get("val_fraction", 0.1)), seed=int(cfg.get("seed", 0)))
     stored, made_s = model.sigma_selection, None
-    if restore or stored is None or stored.get("criterion") != AUTO_CRITERION:
+    if restore or stored is None or stored.get("criterion") != auto_criterion(model):
         t0 = time.perf_counter()
         fresh = auto_sigma_selection(model, held)
         made_s = time.perf_counter() - t0
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
             data, model = dataset_and_model(system, seed, TRAIN_STEPS[system], "cpu")
             key = f"{system}-s{seed}"
             if key not in doc["selection"] or args.restore_sigma or doc["selection"][key].get(
-                    "criterion") != AUTO_CRITERION:
+                    "criterion") != auto_criterion(model):
                 doc["selection"][key] = selection_entry(system, seed, data, model, folder,
                                                         args.restore_sigma)
                 _save(path, doc)

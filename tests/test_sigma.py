@@ -126,7 +126,7 @@ def test_training_stores_the_selected_sigma_without_changing_the_weights(tmp_pat
 
     from ddcontrol.data import collect
     from ddcontrol.score import load_model, train
-    from ddcontrol.score.sigma import AUTO_CRITERION, SIGMA_GRID, auto_sigma_selection
+    from ddcontrol.score.sigma import AUTO_CRITERION, SIGMA_GRID, auto_sigma_selection, pick_sigma
     from ddcontrol.tracking import DenoisingTracker, TrackingProblem
 
     data = collect("ddcontrol/MassSpringDamper-v0", 20, 16, seed=0)
@@ -137,9 +137,10 @@ def test_training_stores_the_selected_sigma_without_changing_the_weights(tmp_pat
     assert bare.sigma is None
     assert model.sigma in SIGMA_GRID and returned.sigma == model.sigma
     sel = model.sigma_selection
-    assert sel["criterion"] == AUTO_CRITERION and len(sel["errors"]) == len(SIGMA_GRID)
-    assert sel["sigma"] == SIGMA_GRID[int(np.argmin(sel["errors"]))] or (
-        min(sel["errors"]) == sel["errors"][SIGMA_GRID.index(sel["sigma"])])
+    # The criterion is training's, with the mass-spring-damper's rule (SystemDefaults).
+    assert sel["criterion"] == AUTO_CRITERION.replace("robust", "interior")
+    assert len(sel["errors"]) == len(SIGMA_GRID)
+    assert sel["sigma"] == SIGMA_GRID[pick_sigma(sel["errors"], "interior")]
     # The mass-spring-damper's tracker pins T_ini = 5 steps (ddcontrol.tracking.defaults).
     assert sel["past_length"] == 5
     # The selection does not touch the trained weights, nor the rest of the checkpoint.
@@ -273,3 +274,31 @@ def test_selection_uses_fewer_windows_without_explicit_vjps(tmp_path):
     assert auto_sigma_selection_windows(mlp, windows, **grid).windows == 40
     assert auto_sigma_selection_windows(unet, windows, **grid).windows == AUTO_WINDOWS_AUTOGRAD
     assert auto_sigma_selection_windows(unet, windows, max_windows=8, **grid).windows == 8
+
+
+def test_auto_sigma_uses_the_systems_rule_on_a_stored_selection():
+    """A stored selection is re-picked from its stored errors with the system's rule: the linear
+    systems' ``interior`` rule never takes the grid's end (the coupled masses' errors below,
+    flat from 0.1 to 0.3, give 0.2 there and 0.3 under the robust rule)."""
+    from ddcontrol.score.checkpoint import TrainedModel
+    from ddcontrol.score.sigma import resolve_sigma
+    from ddcontrol.tracking.defaults import system_defaults
+
+    grid = [0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3]
+    errors = [9.23, 1.83, 8.87, 3.67, 0.350, 0.366, 0.373, 0.318]
+
+    def model(env_id: str, rule: str, sigma: float) -> TrainedModel:
+        sel = {"sigma": sigma, "grid": grid, "errors": errors,
+               "criterion": f"conditioned-plan-mean-{rule}"}
+        return TrainedModel(None, None, 30, 2, 2, metadata={"env_id": env_id},
+                            sigma_selection=sel)
+
+    assert system_defaults("ddcontrol/CoupledMasses-v0").sigma_rule == "interior"
+    assert resolve_sigma(model("ddcontrol/CoupledMasses-v0", "robust", 0.3)) == 0.2
+    assert resolve_sigma(model("ddcontrol/MassSpringDamper-v0", "robust", 0.3)) == 0.2
+    assert resolve_sigma(model("ddcontrol/DoublePendulum-v0", "robust", 0.3)) == 0.3
+    assert resolve_sigma(model("ddcontrol/CoupledMasses-v0", "interior", 0.2)) == 0.2
+    # A criterion it does not know (an older checkpoint's name) keeps the stored σ.
+    odd = model("ddcontrol/CoupledMasses-v0", "robust", 0.3)
+    odd.sigma_selection["criterion"] = "conditioned-median"
+    assert resolve_sigma(odd) == 0.3

@@ -39,6 +39,7 @@ from ddcontrol.solvers.conditioned import ConditionedDRGD
 __all__ = ["SIGMA_GRID", "SigmaSelection", "conditioned_prediction",
            "conditioned_prediction_error", "select_sigma", "select_sigma_windows", "store_sigma",
            "resolve_sigma", "auto_sigma_selection", "auto_sigma_selection_windows",
+           "auto_criterion", "system_rule",
            "AUTO_CRITERION", "AUTO_PLAN", "AUTO_STATISTIC", "AUTO_RULE", "AUTO_WINDOWS",
            "AUTO_WINDOWS_AUTOGRAD",
            "conditioned_plan", "plan_tracking_error", "pick_sigma",
@@ -244,12 +245,14 @@ def pick_sigma(errors: Any, rule: str = "robust") -> int:
     the closed loop cost 1.01x / 1.33x / 5.8x the best σ's; ``benchmarks/bench_sigma.py``).
     ``interior``: the robust rule over the grid points with both neighbours only (a point at
     the end of the grid has one, so a flat criterion there cannot show a basin; ``robust``
-    where no interior window is finite, as on a grid of one or two points). Measured, not the
-    default: on the σ sweep's 12 models it picks within 1 % of the best closed-loop σ on every
-    one (the robust rule: within 3.9 %), and 0.2 instead of 0.3 on the linear systems, whose
-    finite-horizon plans are then within 1.2 % of the exact optimum instead of 2.6-4.6 %; but
-    on the paper unicycle's model 0.2 replays 2.8x worse than the robust rule's 0.3
-    (``bench_sigma.py --criteria``, ``conditioned_prediction_linear_sigma.json``).
+    where no interior window is finite, as on a grid of one or two points). The linear
+    systems' rule (``SystemDefaults.sigma_rule``), not the generic one: on the σ sweep's 12
+    models it picks within 1 % of the best closed-loop σ on every one (the robust rule: within
+    3.9 %), and 0.2 instead of 0.3 on the linear systems, whose finite-horizon plans are then
+    within 1.2 % of the exact optimum instead of 2.6-4.6 %; but on the paper unicycle's model
+    0.2 replays 2.8x worse than the robust rule's 0.3, and on the unicycle's closed loop 0.2
+    cost more than 0.3 (``bench_sigma.py --criteria``,
+    ``conditioned_prediction_linear_sigma.json``).
     Ties go to the larger σ (the more conservative projection).
     """
     err = np.asarray(errors, dtype=float)
@@ -427,6 +430,20 @@ def _tracker_defaults(model: Any) -> tuple[int, float, float]:
     return t, float(d.Q), float(d.R)
 
 
+def system_rule(model: Any) -> str:
+    """The rule that picks σ for the model's system (``SystemDefaults.sigma_rule``;
+    :data:`AUTO_RULE` for a system without its own settings)."""
+    from ddcontrol.tracking.defaults import system_defaults
+
+    return system_defaults(getattr(model, "env_id", None)).sigma_rule
+
+
+def auto_criterion(model: Any) -> str:
+    """The criterion name training's selection records on the model's system
+    (:data:`AUTO_CRITERION` with the system's rule)."""
+    return criterion_name(AUTO_STATISTIC, system_rule(model), AUTO_PLAN)
+
+
 AUTO_WINDOWS_AUTOGRAD = 32
 """Held-out windows :func:`auto_sigma_selection` uses on a denoiser without explicit VJPs
 (:meth:`~ddcontrol.score.precond.BehaviorDenoiser.frozen` None, e.g. the U-Net), whose Jacobian
@@ -450,7 +467,8 @@ def auto_sigma_selection_windows(model: Any, windows: Any, *, t_ini: int | None 
     :func:`select_sigma_windows` with the T_ini and the cost weights (Q, R) the tracker uses on
     the model's system by default (:mod:`ddcontrol.tracking.defaults`; a third of the window
     and the generic weights otherwise) and the criterion :data:`AUTO_CRITERION` (the plan
-    term, the mean over a seeded subsample of ``max_windows`` windows, the robust rule).
+    term, the mean over a seeded subsample of ``max_windows`` windows, and the system's rule:
+    :func:`system_rule`, the robust one unless the system says otherwise).
     ``max_windows`` defaults to :data:`AUTO_WINDOWS`, or :data:`AUTO_WINDOWS_AUTOGRAD` for a
     denoiser without explicit VJPs.
     """
@@ -464,7 +482,7 @@ def auto_sigma_selection_windows(model: Any, windows: Any, *, t_ini: int | None 
     return select_sigma_windows(model.denoiser, w, input_dim=model.input_dim, t_ini=t,
                                 mean=model.normalizer.mean, std=model.normalizer.std,
                                 max_windows=max_windows, seed=seed, device=device,
-                                statistic=AUTO_STATISTIC, rule=AUTO_RULE,
+                                statistic=AUTO_STATISTIC, rule=system_rule(model),
                                 plan=(q, r) if AUTO_PLAN else None)
 
 
@@ -502,10 +520,21 @@ def store_sigma(path_or_dir: str | os.PathLike, selection: SigmaSelection) -> Pa
     return save_checkpoint(path, payload)
 
 
+def _stored_sigma(stored: dict[str, Any], rule: str) -> float:
+    """A stored selection's σ under ``rule``: re-picked from its stored errors when it was made
+    with another rule (a checkpoint written before its system's rule changed)."""
+    made_with = str(stored.get("criterion", "")).rsplit("-", 1)[-1]
+    grid, errors = stored.get("grid"), stored.get("errors")
+    if made_with != rule and made_with in RULES and grid and errors and len(grid) == len(errors):
+        return float(grid[pick_sigma(errors, rule)])
+    return float(stored["sigma"])
+
+
 @renamed_keywords(past_length="t_ini")
 def resolve_sigma(model: Any, dataset: Any = None, *, t_ini: int | None = None) -> float:
-    """σ for ``sigma="auto"``: the checkpoint's stored selection, else one made now (with
-    ``t_ini`` pinned; ``past_length=`` is its deprecated name).
+    """σ for ``sigma="auto"``: the checkpoint's stored selection (re-picked from its stored errors
+    with the system's rule if it was made with another), else one made now (with ``t_ini``
+    pinned; ``past_length=`` is its deprecated name).
 
     Without a stored σ the selection runs on the trajectories training held out of ``dataset``
     (the same split and seed as :func:`~ddcontrol.score.train`), or all of them when training
@@ -516,9 +545,11 @@ def resolve_sigma(model: Any, dataset: Any = None, *, t_ini: int | None = None) 
     ConfigurationError
         No stored σ and no ``dataset`` to select one from.
     """
-    stored = getattr(model, "sigma", None)
-    if stored is not None:
-        return float(stored)
+    stored = getattr(model, "sigma_selection", None)
+    if stored is not None and stored.get("sigma") is not None:
+        return _stored_sigma(stored, system_rule(model))
+    if getattr(model, "sigma", None) is not None:  # a model-like object with a σ only
+        return float(model.sigma)
     if dataset is None:
         raise ConfigurationError("sigma='auto' needs a checkpoint with a stored σ "
                                  "(ddcontrol.score.sigma.store_sigma) or the training dataset "

@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         **({"ood_steps": r["ood_steps"],
                             "escalated_at": (ep := result.episodes[r["controller"]][0]
                                              ).escalated_at,
-                            "escalations": ep.escalations}
+                            "escalations": ep.escalations, "sigma": ep.sigma}
                            if r.get("ood_steps") is not None else {}),
                         **({"data": args.data} if args.data else {}),
                         **({"tracker_set": args.tracker_set} if args.tracker_set else {}),

@@ -282,6 +282,7 @@ def test_a_fleet_runs_k_episodes_that_equal_single_episodes():
         np.testing.assert_allclose(ep.inputs, alone.inputs, atol=1e-9)
         np.testing.assert_allclose(ep.outputs, alone.outputs, atol=1e-9)
         assert ep.metrics["steps"] == 20 - t_ini and np.isfinite(ep.metrics["total_cost"])
+        assert ep.sigma == alone.sigma == 1e-3  # the projection σ each episode planned with
     assert len({ep.metrics["total_cost"] for ep in episodes}) == 3  # three different problems
     with pytest.raises(DimensionError, match="seeds"):
         run_fleet(tracker(refs[0]), MSD, refs, 5, seeds=[0, 1])

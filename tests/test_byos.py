@@ -158,6 +158,7 @@ def test_spaces_are_checked():
 def test_run_episode_takes_an_id_an_instance_or_a_factory():
     runs = [run_episode(env, Constant(0.5), 15, seed=7)
             for env in ("Pendulum-v1", gym.make("Pendulum-v1"), lambda: gym.make("Pendulum-v1"))]
+    assert runs[0].sigma is None  # a controller without a projection σ
     for ep in runs[1:]:
         np.testing.assert_array_equal(ep.outputs, runs[0].outputs)
     ep = runs[0]

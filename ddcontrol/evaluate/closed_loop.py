@@ -67,6 +67,9 @@ class Episode:
         The step of each rung of a DenoisingTracker's escalation ladder under
         ``on_ood="escalate"`` (None: the controller has no such policy); ``escalated_at`` is
         the first.
+    sigma : float or None
+        The projection σ the controller was built with (a DenoisingTracker's, its ``"auto"``
+        resolved; normalised units); None for controllers without one.
     """
 
     name: str
@@ -82,6 +85,7 @@ class Episode:
     ood_steps: int | None = None
     flagged_steps: list[int] | None = None
     escalations: list[int] | None = None
+    sigma: float | None = None
 
     @property
     def escalated_at(self) -> int | None:
@@ -112,6 +116,13 @@ def problem_env(problem: TrackingProblem, env: EnvLike | None, where: str
                                  "TrackingProblem.for_env(env_id, ...), or pass env= (an id, "
                                  "a gymnasium.Env or a factory)")
     return problem.env_id, problem.env_kwargs
+
+
+def _sigma_of(controller: Any) -> float | None:
+    """The projection σ of a controller that has one (a number), else None."""
+    sigma = getattr(controller, "sigma", None)
+    return float(sigma) if isinstance(sigma, (int, float)) and not isinstance(sigma, bool) \
+        else None
 
 
 @renamed_keywords(steps="length")
@@ -226,7 +237,8 @@ def run_episode(problem: TrackingProblem | EnvLike, controller: Policy, length: 
                    ended=ended, state_source=access.source,
                    ood_steps=getattr(controller, "ood_steps", None),
                    flagged_steps=getattr(controller, "flagged_steps", None),
-                   escalations=getattr(controller, "escalations", None))
+                   escalations=getattr(controller, "escalations", None),
+                   sigma=_sigma_of(controller))
 
 
 def episode_metrics(episode: Episode, problem: TrackingProblem | Reference, Q: Any = None,

@@ -175,7 +175,7 @@ def run_fleet(tracker: DenoisingTracker, env_id: EnvLike, references: Sequence[R
                      np.array(run.xs), np.array(run.times), run.error, ended=run.ended,
                      state_source=run.access.source, ood_steps=len(run.state.flagged),
                      flagged_steps=list(run.state.flagged),
-                     escalations=list(run.state.escalations))
+                     escalations=list(run.state.escalations), sigma=float(tracker.sigma))
         ep.metrics = episode_metrics(ep, ref, tracker.problem.Q_matrix,
                                      tracker.problem.R_matrix, input_low=run.spec.input_low,
                                      input_high=run.spec.input_high, score_from=score_from)

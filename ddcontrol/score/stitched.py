@@ -24,12 +24,14 @@ denoiser and back after it, so the long window can be in any frame.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ddcontrol._validation import check_positive_int
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.score.base import SigmaLike
@@ -47,8 +49,10 @@ def stitch_offsets(length: int, window: int, stride: int) -> list[int]:
         raise ConfigurationError(f"stride must be in [1, {window}] (the stretches must "
                                  f"overlap or touch), got {stride}")
     span = length - window
-    n = math.ceil(span / stride) + 1 if span else 1
-    return sorted({round(k * span / (n - 1)) for k in range(n)} if n > 1 else {0})
+    if span == 0:
+        return [0]
+    n = math.ceil(span / stride) + 1  # n − 1 ≤ span gaps, so the rounded offsets are distinct
+    return [round(k * span / (n - 1)) for k in range(n)]
 
 
 class StitchedDenoiser(nn.Module):
@@ -87,12 +91,12 @@ class StitchedDenoiser(nn.Module):
                  symmetry: WindowSymmetry | None = None,
                  normalizer: Normalizer | None = None, passes: int = 1) -> None:
         super().__init__()
-        if int(passes) < 1:
-            raise ConfigurationError(f"passes must be >= 1, got {passes}")
-        self.passes = int(passes)
+        self.passes = check_positive_int(passes, "passes")
         self.inner = denoiser
-        self.window, self.length = int(window), int(length)
-        self.stride = max(1, self.window // 3) if stride is None else int(stride)
+        self.window = check_positive_int(window, "window")
+        self.length = check_positive_int(length, "length")
+        self.stride = (max(1, self.window // 3) if stride is None
+                       else check_positive_int(stride, "stride"))
         self.offsets = stitch_offsets(self.length, self.window, self.stride)
         self.symmetry = Identity() if symmetry is None else symmetry
         if not self.symmetry.is_identity and normalizer is None:
@@ -110,10 +114,8 @@ class StitchedDenoiser(nn.Module):
         return self.length
 
     def _to_canonical(self, w: Tensor) -> tuple[Tensor, Any]:
-        n = self.normalizer
-        phys = n.denormalize(w)
-        g = self.symmetry.frame(phys)
-        return n.normalize(self.symmetry.inverse_act(g, phys)), g
+        canonical, g = self.symmetry.canonicalize(self.normalizer.denormalize(w))
+        return self.normalizer.normalize(canonical), g
 
     def _to_world(self, g: Any, w: Tensor) -> Tensor:
         n = self.normalizer
@@ -152,8 +154,6 @@ def stitched_model(model: Any, length: int, stride: int | None = None, passes: i
     (:class:`StitchedDenoiser`); same normaliser, symmetry, metadata and stored σ. Use it where
     a plan needs a longer window than the model was trained on (a finite horizon longer than
     W − T_ini)."""
-    import dataclasses
-
     den = StitchedDenoiser(model.denoiser, model.window_length, int(length), stride=stride,
                            symmetry=model.symmetry, normalizer=model.normalizer,
                            passes=passes)

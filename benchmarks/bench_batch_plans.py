@@ -24,8 +24,8 @@ problems planned both ways, the largest difference of the planned inputs (physic
 windows (normalised) and predicted costs (relative), with both sets of costs; then the same
 comparison for ``--check64`` problems with model and tracker in float64.
 
-Run (the recorded figures; a 2-core machine with no other job, load average 0.8-1.3, one torch
-thread; 201 s)::
+Run (the recorded figures; a 2-core machine with no other job, load average 0.8-1.1, one torch
+thread; 170 s)::
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_batch_plans.py
 
@@ -36,26 +36,34 @@ unicycle, 20 on the msd); the VJPs of the pinned rows in chunks of at most 512 r
 product (:data:`ddcontrol.score.frozen.VJP_ROWS`)::
 
     system    mode     iters  sequential  K=1          K=16          K=64          K=256
-    unicycle  cold      30      2.5      3.0 (1.2x)   11.2 (4.5x)   16.6 (6.7x)   17.8 (7.2x)
-    unicycle  warm       5     25.0     19.0 (0.8x)   68.3 (2.7x)   66.0 (2.6x)   69.1 (2.8x)
-    unicycle  warm_j5    5     29.7     22.5 (0.8x)   79.8 (2.7x)   91.5 (3.1x)  109.1 (3.7x)
-    msd       cold      30     14.4     14.7 (1.0x)   72.1 (5.0x)   81.7 (5.7x)   87.5 (6.1x)
-    msd       warm      20     10.9      9.5 (0.9x)   63.3 (5.8x)   68.4 (6.3x)   96.2 (8.8x)
-    msd       warm_j5   20     17.6     13.4 (0.8x)  110.1 (6.3x)  137.7 (7.8x)  161.2 (9.2x)
+    unicycle  cold      30      2.8      3.5 (1.2x)   15.2 (5.4x)   17.5 (6.2x)   22.6 (8.0x)
+    unicycle  warm       5     24.1     27.9 (1.2x)  113.0 (4.7x)   94.6 (3.9x)  120.9 (5.0x)
+    unicycle  warm_j5    5     27.7     37.4 (1.4x)  178.6 (6.5x)  226.8 (8.2x)  261.1 (9.4x)
+    msd       cold      30      9.5      7.2 (0.8x)   56.6 (6.0x)   97.1 (10.3x) 101.7 (10.7x)
+    msd       warm      20     15.9     11.9 (0.7x)   75.5 (4.7x)  121.9 (7.6x)  166.1 (10.4x)
+    msd       warm_j5   20     16.9     20.6 (1.2x)  144.7 (8.6x)  219.9 (13.0x) 287.8 (17.1x)
 
 (unicycle: 30,000 candidates, 40 pinned coordinates, auto σ 0.3; msd: 11,000 and 11, auto σ
-0.3; solver "nesterov". Single K = 1 rates scatter by ±30 % between runs on this machine.) The
-issue's target, 10x the sequential rate at K = 64 on a CPU, is not reached: 2.6-6.7x for
-every-iteration-exact solves, 3.1-7.8x with ``jacobian_every=5`` (9.2x at K = 256 on the msd).
-The previous recording (σ 0.2 / 0.05 and 20 warm iterations on the unicycle, the pinned rows in
-one product) gave 2.4-5.5x and 4.2-7.3x. A conditioned iteration is bound by the VJPs of the
-pinned coordinates' Jacobian rows, K · (k + 2) backward rows for k pinned coordinates: one plan
-already fills the core with its k + 2 rows, so batching gains what the per-call overhead, the
-small forward and the cold-start search cost. Batched == sequential to float32 round-off
-(unicycle inputs within 1e-5; the msd's conditioned solve amplifies round-off, up to 8e-2 on one
-warm_j5 plan); in float64 every mode agrees to 1e-12 or better, so the float32 gaps are
-round-off, not a difference of the computations. ``--device cuda`` runs the same on a GPU
-(not measured: no device was available).
+0.2; solver "nesterov". The sequential rate is the faster of two runs of 16 plans, and the
+speedups scatter with it: a second run of the msd (``--systems msd``, same machine) gave 9.2x
+(cold), 8.7x (warm) and 13.3x (warm_j5) at K = 64.) Before this recording, the confidence estimate's nearest
+training snippets took a third to a half of a batched warm plan's time: the distances of all K
+plans' snippets to the 20,000 training snippets were one matrix of up to 2,624 x 20,000 that
+left the cache before its minimum was taken; computed a block of queries at a time
+(:data:`ddcontrol.trust.NEAREST_TILE`) the batched rates at K = 64 rose from 91.5 to 227 plans/s
+(unicycle, warm_j5), 66 to 95 (unicycle, warm), 16.6 to 17.5 (unicycle, cold), 137.7 to 220
+(msd, warm_j5), 68 to 122 (msd, warm) and 82 to 97 (msd, cold). The issue's target, 10x the
+sequential rate at K = 64 on a CPU, is reached on the mass-spring-damper's
+``jacobian_every=5`` plans (13.0x and 13.3x in two runs), at the margin on its cold plans (10.3x
+and 9.2x), and not on its every-iteration-exact warm plans (7.6x and 8.7x) nor on the unicycle
+(3.9-8.2x): a conditioned iteration is bound by the VJPs of the
+pinned coordinates' Jacobian rows, K · (k + 2) backward rows for k pinned coordinates (40 on the
+unicycle), and one plan already fills the core with its k + 2 rows, so batching gains what the
+per-call overhead, the small forward, the cold-start search and the confidence estimate cost.
+Batched == sequential to float32 round-off (unicycle inputs within 1e-5; the msd's conditioned
+solve amplifies round-off, up to 1.6e-3 on one warm_j5 plan); in float64 every mode agrees to
+1e-12 or better, so the float32 gaps are round-off, not a difference of the computations.
+``--device cuda`` runs the same on a GPU (not measured: no device was available).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import ddcontrol.trust as trust_module
 from ddcontrol.errors import ConfigurationError, DimensionError
 from ddcontrol.score.closed_form import EmpiricalDenoiser, LinearGaussianDenoiser
 from ddcontrol.trust import TrustEstimator, nearest_distance
@@ -135,6 +136,22 @@ def test_nearest_distance_matches_brute_force():
     d_self = nearest_distance(pool, pool, chunk=16, exclude_self=True)
     full = torch.cdist(pool, pool) + torch.diag(torch.full((50,), torch.inf))
     assert torch.allclose(d_self, full.min(dim=1).values)
+
+
+@pytest.mark.parametrize("tile", [50, 120, 1 << 20])
+def test_nearest_distance_with_pool_norms_in_blocks(monkeypatch, tile):
+    """The precomputed-norm path gives the brute-force distances whether the queries fit one
+    block of distances or several (tile 50: one query per block; 120: two, the last short)."""
+    monkeypatch.setattr(trust_module, "NEAREST_TILE", tile)
+    gen = torch.Generator().manual_seed(1)
+    q, pool = torch.randn(7, 5, generator=gen, dtype=torch.float64), \
+        torch.randn(50, 5, generator=gen, dtype=torch.float64)
+    brute = torch.cdist(q, pool).min(dim=1).values
+    got = nearest_distance(q, pool, pool_sq=(pool * pool).sum(dim=1))
+    assert got.shape == (7,)
+    assert torch.allclose(got, brute, atol=1e-10)
+    none = nearest_distance(q[:0], pool, pool_sq=(pool * pool).sum(dim=1))
+    assert none.shape == (0,)
 
 
 def test_validation():

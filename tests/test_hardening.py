@@ -167,18 +167,38 @@ def test_plan_iterations_zero_is_an_error_and_small_counts_are_honoured(files):
     assert tracker.plan(iterations=2).iterations == 2
 
 
+def test_from_model_takes_the_systems_defaults(files):
+    """The Python API's tracker is real-time by default: settings not given are the system's
+    (per-step budget, iterations, cold starts, damping, solver); given ones win."""
+    from ddcontrol.tracking.defaults import system_defaults
+
+    model = load_model(files["model"])
+    data = TrajectoryDataset.load(files["data"])
+    problem = TrackingProblem.for_env(MSD, make_reference("step", MSD, 15), 15)
+    d = system_defaults(MSD)
+    tracker = DenoisingTracker.from_model(model, problem, data, trust=None)
+    assert tracker.step_time_budget == pytest.approx(d.step_time_fraction * problem.dt)
+    assert (tracker.iterations_per_step, tracker.num_starts, tracker.damping,
+            tracker.solver_name) == (d.iterations_per_step, d.num_starts, d.damping, d.solver)
+    given = DenoisingTracker.from_model(model, problem, data, trust=None, num_starts=1,
+                                        step_time_budget=None, solver="drgd")
+    assert (given.step_time_budget, given.num_starts, given.solver_name) == (None, 1, "drgd")
+
+
 def test_the_plans_confidence_refits_the_past_as_the_plan_does(files, monkeypatch):
-    from ddcontrol.tracking.config import TrackerConfig
+    from ddcontrol.tracking.defaults import system_defaults
     from ddcontrol.trust import TrustEstimator
 
     model = load_model(files["model"])
     data = TrajectoryDataset.load(files["data"])
     problem = TrackingProblem.for_env(MSD, make_reference("step", MSD, 15), 15)
-    tuned = DenoisingTracker.from_model(model, problem, data, damping=0.01, iterations=5,
+    tuned = DenoisingTracker.from_model(model, problem, data, damping=0.03, iterations=5,
                                         refine_iterations=2)
-    assert tuned.trust.repredict_damping == 0.01 and tuned.trust.repredict_sigma == tuned.sigma
+    assert tuned.trust.repredict_damping == 0.03 and tuned.trust.repredict_sigma == tuned.sigma
+    # Without one given, the damping is the system's (from_model applies its defaults).
     plain = DenoisingTracker.from_model(model, problem, data, iterations=5, refine_iterations=2)
-    assert plain.trust.repredict_damping == TrackerConfig.damping
+    assert plain.damping == system_defaults(MSD).damping != 0.03
+    assert plain.trust.repredict_damping == plain.damping
     # The reprediction pins the current output when the plan measured it, and only then.
     calls = []
     original = TrustEstimator.__call__

@@ -20,8 +20,8 @@ def quick_tour() -> str:
     for big, small in (("num_trajectories=1000", "num_trajectories=60"),
                        ("steps=3000", "steps=30, width=64, depth=1, progress=False, val_every=0"),
                        ("length=150", "length=30"),
-                       ('solver="nesterov")', 'solver="nesterov", iterations=10, '
-                                              'iterations_per_step=2)'),
+                       ("from_model(model, problem, data)",
+                        "from_model(model, problem, data, iterations=10, iterations_per_step=2)"),
                        ("print(compare(", "table = (compare("),
                        ("print(episode_metrics(", "rms = (episode_metrics(")):
         assert big in code, big

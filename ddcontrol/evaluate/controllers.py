@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from ddcontrol.baselines import BASELINES, make_baseline
 from ddcontrol.errors import ConfigurationError, UnknownNameError
-from ddcontrol.tracking.defaults import system_defaults
 from ddcontrol.tracking.problem import TrackingProblem
 from ddcontrol.tracking.reference import Reference
 from ddcontrol.tracking.tracker import DenoisingTracker
@@ -91,8 +90,7 @@ def make_tracker(model: Any, data: Any, problem: TrackingProblem | Reference, Q:
         raise ConfigurationError("the denoising tracker needs a trained model and its dataset")
     model.check_dataset(data)
     _model_t_ini(model, problem, None)
-    for key, value in system_defaults(problem.env_id).tracker_options(problem.dt).items():
-        options.setdefault(key, value)
+    # The system's settings are applied by from_model (those not in ``options``).
     return DenoisingTracker.from_model(model, problem, data, candidate_stride=candidate_stride,
                                        **options)
 

@@ -1,8 +1,10 @@
 """Tracker settings per system, in one place.
 
-The benchmarks, ``ddcontrol track``, ``compare`` and ``demo`` take a system's settings from
-:func:`system_defaults` so that a user gets, without flags, what was measured to work on it.
-A system not listed gets :data:`GENERIC`.
+The benchmarks, ``ddcontrol track``, ``compare`` and ``demo``, and in Python
+:meth:`DenoisingTracker.from_model <ddcontrol.tracking.tracker.DenoisingTracker.from_model>` and
+``make_controller``, take a system's settings from :func:`system_defaults` so that a user gets,
+without flags, what was measured to work on it (a per-step time budget included). A system not
+listed gets :data:`GENERIC`.
 """
 
 from __future__ import annotations

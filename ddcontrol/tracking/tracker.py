@@ -45,6 +45,7 @@ from ddcontrol.symmetry import Identity, WindowSymmetry
 from ddcontrol.tracking.cold_start import ColdStart, cost_scorer
 from ddcontrol.tracking.conditioning import make_conditioning
 from ddcontrol.tracking.config import CONDITIONINGS, SOLVERS, TrackerConfig
+from ddcontrol.tracking.defaults import system_defaults
 from ddcontrol.tracking.measured import current_measured, measured_block, normalise_block
 from ddcontrol.tracking.plan_solver import PlanSolvers
 from ddcontrol.tracking.problem import TrackingProblem
@@ -377,7 +378,18 @@ class DenoisingTracker(RecedingHorizonPolicy):
         from the trajectories of ``dataset`` training held out
         (:func:`ddcontrol.score.sigma.resolve_sigma`).
         With a dataset and no ``trust=`` given, plans carry a confidence from a
-        :class:`~ddcontrol.trust.TrustEstimator` on the dataset (``trust=None``: none)."""
+        :class:`~ddcontrol.trust.TrustEstimator` on the dataset (``trust=None``: none).
+
+        Settings not in ``kwargs`` are the problem's system's
+        (:func:`~ddcontrol.tracking.defaults.system_defaults` of ``problem.env_id``: solver,
+        iterations per step, Jacobian reuse, cold starts, refinement, damping and the per-step
+        time budget ``step_time_fraction`` x ``problem.dt``; the generic ones for a system
+        without its own), so a tracker built here is real-time by default as
+        :func:`~ddcontrol.evaluate.controllers.make_controller`'s is. The constructor keeps its
+        own plain defaults."""
+        for key, value in system_defaults(problem.env_id).tracker_options(problem.dt).items():
+            if key != "sigma" or value != "auto":  # "auto": the model's σ, below
+                kwargs.setdefault(key, value)
         if candidate_stride is None:
             candidate_stride = max(1, model.window_length // 4)
         past = model.window_length - problem.horizon

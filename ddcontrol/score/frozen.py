@@ -33,12 +33,12 @@ __all__ = ["FrozenResidualMLP", "ExplicitLinearization", "VJP_ROWS"]
 VJP_ROWS = 512
 
 
-def _silu_and_slope(h: Tensor) -> tuple[Tensor, Tensor]:
-    """silu(h) = h s(h) and silu'(h) = s(h) (1 + h (1 − s(h))), s the logistic function
-    (evaluated once for both)."""
-    s = torch.sigmoid(h)
-    hs = h * s
-    return hs, s + hs * (1.0 - s)
+def _silu_and_slope(h: Tensor, ones: Tensor) -> tuple[Tensor, Tensor]:
+    """silu(h) = h s(h) and silu'(h) = s(h) (1 + h (1 − s(h))), s the logistic function;
+    ``ones`` (1, W) broadcasts to h. Two fused kernels (the slope is silu's backward of a unit
+    cotangent) instead of five elementwise operations: at batch 1 the operations' overhead,
+    not their arithmetic, is the cost (22 against 10 µs for a 256-wide layer)."""
+    return F.silu(h), torch.ops.aten.silu_backward(ones, h)
 
 
 class FrozenResidualMLP:
@@ -68,6 +68,7 @@ class FrozenResidualMLP:
             self.blocks = [(b.fc1.weight.detach(), (b.fc1.bias + b.emb(emb)[0]).detach(),
                             b.fc2.weight.detach(), b.fc2.bias.detach()) for b in net.blocks]
             self.w_out, self.b_out = net.out.weight.detach(), net.out.bias.detach()
+            self._ones = torch.ones(1, self.w_in.shape[0], dtype=self.dtype, device=self.device)
             self.w_skip = None
             bias = self.b_out
             if net.skip is not None:
@@ -95,13 +96,14 @@ class FrozenResidualMLP:
                 h = h + torch.addmm(b2, F.silu(z), w2.t())
             return self._out(F.silu(h), flat, x), None
         slopes: list[Tensor] = []
+        ones = self._ones
         for w1, b1, w2, b2 in self.blocks:
-            a, da = _silu_and_slope(h)
+            a, da = _silu_and_slope(h, ones)
             z = torch.addmm(b1, a, w1.t())
-            a, dz = _silu_and_slope(z)
+            a, dz = _silu_and_slope(z, ones)
             slopes += [da, dz]
             h = h + torch.addmm(b2, a, w2.t())
-        a, da = _silu_and_slope(h)
+        a, da = _silu_and_slope(h, ones)
         slopes.append(da)
         return self._out(a, flat, x), slopes
 
@@ -144,6 +146,8 @@ class FrozenResidualMLP:
         one matrix product per layer for all of them."""
 
         def times(g: Tensor, slope: Tensor) -> Tensor:  # (n B, W) ⊙ (B, W) broadcast over n
+            if b == 1:  # one plan: the rows broadcast as they are
+                return g * slope
             return (g.view(n, b, -1) * slope).view(n * b, -1)
 
         g = times(uf @ self.w_out, self.c_out * slopes[-1])  # w.r.t. the last hidden state

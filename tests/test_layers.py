@@ -93,6 +93,35 @@ def test_window_cost_matches_the_problem_cost():
     np.testing.assert_allclose(cost(x).numpy(), prob.cost(w[:, 4:, :1], w[:, 4:, 1:]), rtol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [(0, 1), (1, 2, 3), (0, 2), (3, 1)])
+def test_window_cost_gradient_for_consecutive_and_scattered_channels(channels):
+    """Consecutive tracked channels are taken as a slice, others by index: the cost equals the
+    problem's and the analytic gradient equals autograd's either way."""
+    import torch
+
+    from ddcontrol.data import collect
+    from ddcontrol.tracking import TrackingProblem
+    from ddcontrol.tracking.reference import Reference
+
+    uni = "ddcontrol/Unicycle-v0"
+    data = collect(uni, 4, 12, seed=0, noise=False)
+    rng = np.random.default_rng(0)
+    ref = Reference(rng.normal(size=(20, len(channels))), channels=channels, output_dim=5,
+                    dt=data.dt)
+    prob = TrackingProblem.for_env(uni, ref, 8, Q=np.diag(np.arange(1.0, len(channels) + 1)),
+                                   R=0.1)
+    cost = prob.window_cost(data.normalizer, t_ini=4, dtype=torch.float64)
+    assert isinstance(cost.y_idx, slice) == (list(channels) == list(
+        range(channels[0], channels[-1] + 1)))
+    x = torch.as_tensor(data.windows(12, normalized=True)[:3], dtype=torch.float64)
+    w = data.normalizer.denormalize(x.numpy())
+    np.testing.assert_allclose(cost(x).numpy(),
+                               prob.cost(w[:, 4:, :2], w[:, 4:, 2:]), rtol=1e-9)
+    xg = x.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(cost(xg).sum(), xg)
+    torch.testing.assert_close(cost.egrad(x), auto)
+
+
 def test_make_dynamics_lives_in_envs_and_the_old_names_still_work():
     import envs
     import envs.registry

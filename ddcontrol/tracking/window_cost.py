@@ -44,7 +44,12 @@ class WindowCost:
         self.past_length = self.t_ini
         as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
         self.mean, self.std = as_t(normalizer.mean), as_t(normalizer.std)
-        self.y_idx = torch.as_tensor([m + c for c in problem.channels], device=device)
+        cols = [m + c for c in problem.channels]
+        # Tracked channels that are consecutive (the usual case) are a slice: a view, where an
+        # index tensor costs a gather (and a scatter in the gradient) at every evaluation.
+        self.y_idx: slice | Tensor = (
+            slice(cols[0], cols[-1] + 1) if cols and cols == list(range(cols[0], cols[-1] + 1))
+            else torch.as_tensor(cols, device=device))
         self.Q, self.R = as_t(problem.Q_matrix), as_t(problem.R_matrix)
         self.set_start(start)
 

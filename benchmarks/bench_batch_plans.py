@@ -24,8 +24,8 @@ problems planned both ways, the largest difference of the planned inputs (physic
 windows (normalised) and predicted costs (relative), with both sets of costs; then the same
 comparison for ``--check64`` problems with model and tracker in float64.
 
-Run (the recorded figures; a 2-core machine with no other job, load average 0.8-1.1, one torch
-thread; 170 s)::
+Run (the recorded figures; a 2-core machine with no other job, load average 0.8-1.0, one torch
+thread; about 170 s)::
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_batch_plans.py
 
@@ -36,34 +36,38 @@ unicycle, 20 on the msd); the VJPs of the pinned rows in chunks of at most 512 r
 product (:data:`ddcontrol.score.frozen.VJP_ROWS`)::
 
     system    mode     iters  sequential  K=1          K=16          K=64          K=256
-    unicycle  cold      30      2.8      3.5 (1.2x)   15.2 (5.4x)   17.5 (6.2x)   22.6 (8.0x)
-    unicycle  warm       5     24.1     27.9 (1.2x)  113.0 (4.7x)   94.6 (3.9x)  120.9 (5.0x)
-    unicycle  warm_j5    5     27.7     37.4 (1.4x)  178.6 (6.5x)  226.8 (8.2x)  261.1 (9.4x)
-    msd       cold      30      9.5      7.2 (0.8x)   56.6 (6.0x)   97.1 (10.3x) 101.7 (10.7x)
-    msd       warm      20     15.9     11.9 (0.7x)   75.5 (4.7x)  121.9 (7.6x)  166.1 (10.4x)
-    msd       warm_j5   20     16.9     20.6 (1.2x)  144.7 (8.6x)  219.9 (13.0x) 287.8 (17.1x)
+    unicycle  cold      30      4.4      3.6 (0.8x)   16.5 (3.8x)   23.6 (5.4x)   24.2 (5.5x)
+    unicycle  warm       5     32.7     40.4 (1.2x)  118.1 (3.6x)  140.0 (4.3x)  136.7 (4.2x)
+    unicycle  warm_j5    5     37.9     41.4 (1.1x)  209.6 (5.5x)  259.3 (6.8x)  288.4 (7.6x)
+    msd       cold      30     13.9     12.3 (0.9x)   73.2 (5.3x)   92.6 (6.7x)  111.8 (8.0x)
+    msd       warm      20     21.4     20.8 (1.0x)  113.6 (5.3x)  156.4 (7.3x)  151.6 (7.1x)
+    msd       warm_j5   20     22.3     19.9 (0.9x)  137.1 (6.1x)  226.4 (10.1x) 281.6 (12.6x)
 
 (unicycle: 30,000 candidates, 40 pinned coordinates, auto σ 0.3; msd: 11,000 and 11, auto σ
 0.2; solver "nesterov". The sequential rate is the faster of two runs of 16 plans, and the
-speedups scatter with it: a second run of the msd (``--systems msd``, same machine) gave 9.2x
-(cold), 8.7x (warm) and 13.3x (warm_j5) at K = 64.) Before this recording, the confidence estimate's nearest
-training snippets took a third to a half of a batched warm plan's time: the distances of all K
-plans' snippets to the 20,000 training snippets were one matrix of up to 2,624 x 20,000 that
-left the cache before its minimum was taken; computed a block of queries at a time
-(:data:`ddcontrol.trust.NEAREST_TILE`) the batched rates at K = 64 rose from 91.5 to 227 plans/s
-(unicycle, warm_j5), 66 to 95 (unicycle, warm), 16.6 to 17.5 (unicycle, cold), 137.7 to 220
-(msd, warm_j5), 68 to 122 (msd, warm) and 82 to 97 (msd, cold). The issue's target, 10x the
-sequential rate at K = 64 on a CPU, is reached on the mass-spring-damper's
-``jacobian_every=5`` plans (13.0x and 13.3x in two runs), at the margin on its cold plans (10.3x
-and 9.2x), and not on its every-iteration-exact warm plans (7.6x and 8.7x) nor on the unicycle
-(3.9-8.2x): a conditioned iteration is bound by the VJPs of the
-pinned coordinates' Jacobian rows, K · (k + 2) backward rows for k pinned coordinates (40 on the
+speedups scatter with it by about a fifth between runs.) Two changes of the same session moved
+these figures. First, the confidence estimate's nearest training snippets had taken a third to
+a half of a batched warm plan's time: the distances of all K plans' snippets to the 20,000
+training snippets were one matrix of up to 2,624 x 20,000 that left the cache before its
+minimum was taken; computed a block of queries at a time (:data:`ddcontrol.trust.NEAREST_TILE`)
+the batched rates at K = 64 rose from 91.5 to 227 plans/s (unicycle, warm_j5), 66 to 95
+(unicycle, warm), 137.7 to 220 (msd, warm_j5), 68 to 122 (msd, warm) and 82 to 97 (msd, cold),
+and the speedups to 6.2-8.2x (unicycle) and 7.6-13.0x (msd; 8.7-13.3x in a second run). Then
+the σ-frozen network's passes lost three of their five elementwise operations per layer (fused
+silu and slope): this cuts per-call overhead, which single plans pay most, so the sequential
+rates rose by a third and the speedups fell to those above, while every batched rate but the
+msd cold one rose again. The issue's target, 10x the sequential rate at K = 64 on a CPU, is
+reached on the mass-spring-damper's ``jacobian_every=5`` plans only (10.1x), not on its cold
+and every-iteration-exact warm plans (6.7x, 7.3x: its default) nor on the unicycle (4.3-6.8x;
+its default, warm_j5, 6.8x): a conditioned iteration is bound by the VJPs of the pinned
+coordinates' Jacobian rows, K · (k + 2) backward rows for k pinned coordinates (40 on the
 unicycle), and one plan already fills the core with its k + 2 rows, so batching gains what the
-per-call overhead, the small forward, the cold-start search and the confidence estimate cost.
-Batched == sequential to float32 round-off (unicycle inputs within 1e-5; the msd's conditioned
-solve amplifies round-off, up to 1.6e-3 on one warm_j5 plan); in float64 every mode agrees to
-1e-12 or better, so the float32 gaps are round-off, not a difference of the computations.
-``--device cuda`` runs the same on a GPU (not measured: no device was available).
+per-call overhead, the small forward, the cold-start search and the confidence estimate cost;
+the cheaper that overhead, the less there is to gain. Batched == sequential to float32
+round-off (unicycle inputs within 1e-5; the msd's conditioned solve amplifies round-off, up to
+1.8e-3 on one warm_j5 plan); in float64 every mode agrees to 1e-12 or better, so the float32
+gaps are round-off, not a difference of the computations. ``--device cuda`` runs the same on a
+GPU (not measured: no device was available).
 """
 
 from __future__ import annotations

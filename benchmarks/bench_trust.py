@@ -108,6 +108,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_closed_loop_suite import data_tag  # noqa: E402
 from bench_geometry import steps_for_budget  # noqa: E402
 
 from ddcontrol._io import atomic_write  # noqa: E402
@@ -314,10 +315,10 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
     s = SYSTEMS[name]
     # --system-training: the system's own training options (SystemDefaults.train_options),
     # part of the folder's name, and its σ rule.
-    options = system_defaults(s["env"]).train_options if args.system_training else {}
-    tag = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    defaults = system_defaults(s["env"])
+    options = defaults.train_options if args.system_training else {}
     folder = MODELS / ((f"trust-{name}" if early_steps is None
-                        else f"trust-{name}-early{early_steps}") + tag)
+                        else f"trust-{name}-early{early_steps}") + data_tag(options))
     data, model = dataset_and_model(name, args.minutes,
                                     args.train_steps if early_steps is None else early_steps,
                                     folder, options)
@@ -339,7 +340,7 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
         if args.sigma is not None:
             sigma, sweep = args.sigma, None
         else:
-            rule = system_defaults(s["env"]).sigma_rule if args.system_training else "robust"
+            rule = defaults.sigma_rule if args.system_training else "robust"
             sel = select_sigma(model, held, t_ini=0, max_windows=48, seed=args.seed, rule=rule)
             sigma, sweep = sel.sigma, sel.as_dict()
         plans, best_cost = make_plans(model, train_ds, refs, channels, sigma, args.iterations)
@@ -364,7 +365,7 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
     new_rule = label | worse
     # The estimator the tracker builds for this system: the plan's σ and damping.
     trust = DenoisingTracker.default_trust(
-        model, data, 0, {"sigma": sigma, "damping": system_defaults(s["env"]).damping},
+        model, data, 0, {"sigma": sigma, "damping": defaults.damping},
         **args.trust)
     report = trust(torch.as_tensor(plans))
     kinds_arr = np.array(kinds)

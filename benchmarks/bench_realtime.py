@@ -10,7 +10,9 @@ control step's time, the reset's cold start, and the budgeted run's closed-loop 
 to the iteration-limited one (target: p95 <= 0.5 dt, max <= dt, cost within 5 %).
 
 Run: ``python benchmarks/bench_realtime.py [--systems msd pendulum unicycle] [--seeds 0]
-[--steps 200] [--threads 1] [--paced]``; writes ``benchmarks/results/realtime.json``. With
+[--steps 200] [--threads 1] [--paced] [--step-time-fraction F]``; writes
+``benchmarks/results/realtime.json``. ``--step-time-fraction`` gives the budgeted runs a
+per-step budget of F x dt instead of each system's default (the JSON records it). With
 ``--paced`` the loop takes a sample per sampling time of the wall clock, as a plant does, so
 that the tracker's background confidence estimate runs between samples; by default samples
 come back to back and that estimate competes with the next step's solve. Wall-clock figures
@@ -45,15 +47,18 @@ TRAIN_STEPS = {"msd": 4000, "coupled": 4000, "pendulum": 8000, "unicycle": 8000}
 
 
 def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool,
-            paced: bool = False) -> dict[str, Any]:
-    """A closed loop of the tracker with the defaults (``budget``) or iteration-limited
-    (``paced``: one sample per sampling time of the wall clock)."""
+            paced: bool = False, fraction: float | None = None) -> dict[str, Any]:
+    """A closed loop of the tracker with the defaults (``budget``; ``fraction``: a per-step
+    budget of that fraction of dt instead of the system's) or iteration-limited (``paced``: one
+    sample per sampling time of the wall clock)."""
     spec = SYSTEMS[system]
     env, d = spec["env"], system_defaults(spec["env"])
     data, model = dataset_and_model(system, seed, TRAIN_STEPS[system], "cpu")
     name, params = spec["references"][ref_index]
     ref = make_reference(name, env, steps, **dict(params))
-    opts = {} if budget else {"step_time_budget": None}
+    opts: dict[str, Any] = {"step_time_budget": None}
+    if budget:
+        opts = {} if fraction is None else {"step_time_budget": fraction * ref.dt}
     factory = partial(make_controller, "denoising", env, ref, d.Q, d.R, horizon=d.horizon,
                       data=data, model=model, t_ini=d.t_ini, options=opts)
     holder: dict[str, Any] = {}
@@ -93,18 +98,25 @@ def main() -> None:
     p.add_argument("--paced", action="store_true",
                    help="take a sample per sampling time of the wall clock, as a plant does "
                         "(background work then runs between samples); default: back to back")
+    p.add_argument("--step-time-fraction", type=float, default=None,
+                   help="the budgeted runs' per-step budget as a fraction of dt instead of "
+                        "each system's default")
     p.add_argument("--out", default=str(RESULTS / "realtime.json"))
     args = p.parse_args()
+    if args.step_time_fraction is not None and not args.step_time_fraction > 0:
+        p.error("--step-time-fraction must be > 0")
     torch.set_num_threads(args.threads)
     doc: dict[str, Any] = {"load_start": os.getloadavg(), "threads": args.threads,
-                           "paced": args.paced, "runs": []}
+                           "paced": args.paced, "step_time_fraction": args.step_time_fraction,
+                           "runs": []}
     for system in args.systems:
         for seed in args.seeds:
             for r in args.references:
                 pair = {}
                 for budget in (True, False):
                     t0 = time.perf_counter()
-                    pair[budget] = one_run(system, seed, r, args.steps, budget, args.paced)
+                    pair[budget] = one_run(system, seed, r, args.steps, budget, args.paced,
+                                           args.step_time_fraction)
                     doc["runs"].append(pair[budget])
                     q = pair[budget]
                     print(f"{system} {q['reference']} s{seed} {'budget' if budget else 'iters'}: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,8 +64,9 @@ def test_batched_jacobian_rows_equal_one_vjp_per_row(name):
         lin.vjps(cot[:, :2])
 
 
-@pytest.mark.parametrize("momentum, jacobian_every", [(0.0, 1), (0.9, 1), (0.9, 3)])
-def test_solver_iterates_equal_the_loop_version(momentum, jacobian_every, monkeypatch):
+@pytest.mark.parametrize("momentum, jacobian_every, chord", [
+    (0.0, 1, "exact"), (0.9, 1, "exact"), (0.9, 3, "exact"), (0.9, 3, "reused")])
+def test_solver_iterates_equal_the_loop_version(momentum, jacobian_every, chord, monkeypatch):
     den = _denoisers()["empirical"]
     g = torch.Generator().manual_seed(2)
     target = torch.randn(L, C, generator=g, dtype=DT)
@@ -79,7 +81,7 @@ def test_solver_iterates_equal_the_loop_version(momentum, jacobian_every, monkey
 
     def solve():
         solver = ConditionedDRGD(mask, values, step_size=0.2, momentum=momentum, damping=0.05,
-                                 max_step=0.5, jacobian_every=jacobian_every,
+                                 max_step=0.5, jacobian_every=jacobian_every, chord=chord,
                                  max_iterations=25, min_gradient_norm=0.0, check_every=10)
         return solver.run(problem, initial_point=x0)
 
@@ -93,9 +95,11 @@ def test_solver_iterates_equal_the_loop_version(momentum, jacobian_every, monkey
 
     monkeypatch.setattr(Linearization, "vjps", loop_only)
     slow = solve()
-    # One backward per exact iteration; two (∇f, momentum, pull; then the Eᵀλ) per chord one.
-    chord = sum(1 for k in range(26) if k % jacobian_every) if jacobian_every > 1 else 0
-    assert len(calls) == 26 + chord
+    # One backward per exact iteration; two (∇f, momentum, pull; then the Eᵀλ) per "exact"
+    # chord one, one per "reused" chord one.
+    extra = (sum(1 for k in range(26) if k % jacobian_every)
+             if jacobian_every > 1 and chord == "exact" else 0)
+    assert len(calls) == 26 + extra
     torch.testing.assert_close(fast.point, slow.point, rtol=0, atol=1e-10)
     for key in ("cost", "rgrad_norm", "dist"):
         torch.testing.assert_close(torch.as_tensor(fast.history[key]),
@@ -126,11 +130,13 @@ def test_denoiser_that_vmap_cannot_batch_falls_back_to_the_loop():
     torch.testing.assert_close(got.point, ref.point, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_chord_iterations_keep_exact_directions(momentum):
-    """Reusing only the k × k inverse (``jacobian_every > 1``) changes nothing where the
-    Jacobian is constant (a linear-Gaussian manifold); on a curved one (a smooth empirical
-    density) the path differs but the fixed point, where the directions are exact, is the same."""
+@pytest.mark.parametrize("momentum, chord", [(0.0, "exact"), (0.9, "exact"), (0.0, "reused"),
+                                             (0.9, "reused")])
+def test_chord_iterations_keep_exact_directions(momentum, chord):
+    """Reusing the k × k inverse (``jacobian_every > 1``; with ``chord="reused"`` the rows too)
+    changes nothing where the Jacobian is constant (a linear-Gaussian manifold); on a curved one
+    (a smooth empirical density) the path differs but the fixed point, where the rows are
+    refreshed at the point itself, is the same."""
     g = torch.Generator().manual_seed(5)
     target = torch.randn(L, C, generator=g, dtype=DT)
     mask = torch.zeros(L, C, dtype=torch.bool)
@@ -144,7 +150,7 @@ def test_chord_iterations_keep_exact_directions(momentum):
                           lambda x: ((x - target) ** 2).sum(dim=(1, 2)), lambda x: 2 * (x - target))
         for every, iterations in ((1, 3), (4, 3), (1, 40), (4, 40)):
             solver = ConditionedDRGD(mask, values, step_size=0.2, momentum=momentum,
-                                     damping=0.05, jacobian_every=every,
+                                     damping=0.05, jacobian_every=every, chord=chord,
                                      max_iterations=iterations, min_gradient_norm=0.0)
             points[name, every, iterations] = solver.run(problem, initial_point=x0).point
     for n in (3, 40):
@@ -231,3 +237,48 @@ def test_a_problem_whose_denoiser_diverges_does_not_stop_the_batch(monkeypatch, 
     assert torch.isfinite(res.point).all()
     alone = solve(den, x0[[0, 2]])
     torch.testing.assert_close(res.point[[0, 2]], alone.point, rtol=0, atol=1e-12)
+
+
+def test_conditioned_solver_rejects_an_unknown_chord():
+    from ddcontrol.errors import UnknownNameError
+
+    mask = torch.zeros(L, C, dtype=torch.bool)
+    mask[0] = True
+    with pytest.raises(UnknownNameError, match="chord must be one of"):
+        ConditionedDRGD(mask, torch.zeros(L, C, dtype=DT), jacobian_every=3, chord="stale")
+
+
+def test_final_gradient_off_skips_the_last_backward_pass_only(monkeypatch):
+    """``final_gradient=False``: the same iterates and point, one backward pass fewer, and a NaN
+    gradient norm for the last iterate only."""
+    den = _denoisers()["empirical"]
+    g = torch.Generator().manual_seed(7)
+    target = torch.randn(L, C, generator=g, dtype=DT)
+    mask = torch.zeros(L, C, dtype=torch.bool)
+    mask[:2] = True
+    values = torch.randn(L, C, generator=g, dtype=DT)
+    problem = Problem(BehaviorManifold(den, 0.3), lambda x: ((x - target) ** 2).sum(dim=(1, 2)),
+                      lambda x: 2 * (x - target))
+    x0 = torch.randn(2, L, C, generator=g, dtype=DT)
+    vjps = Linearization.vjps
+    calls: list[int] = []
+
+    def counting(self, u, **kwargs):
+        calls.append(u.shape[0])
+        return vjps(self, u, **kwargs)
+
+    monkeypatch.setattr(Linearization, "vjps", counting)
+    runs = {}
+    for final in (True, False):
+        calls.clear()
+        solver = ConditionedDRGD(mask, values, step_size=0.2, momentum=0.9, damping=0.05,
+                                 jacobian_every=3, chord="reused", final_gradient=final,
+                                 max_iterations=7, min_gradient_norm=0.0)
+        runs[final] = (solver.run(problem, initial_point=x0), len(calls))
+    (full, n_full), (short, n_short) = runs[True], runs[False]
+    assert n_short == n_full - 1
+    torch.testing.assert_close(short.point, full.point, rtol=0, atol=0)
+    np.testing.assert_array_equal(short.history["cost"], full.history["cost"])
+    np.testing.assert_array_equal(short.history["rgrad_norm"][:-1], full.history["rgrad_norm"][:-1])
+    assert np.isnan(short.history["rgrad_norm"][-1]).all()
+    assert np.isfinite(full.history["rgrad_norm"]).all()

@@ -120,6 +120,53 @@ def test_window_cost_gradient_for_consecutive_and_scattered_channels(channels):
     xg = x.clone().requires_grad_(True)
     (auto,) = torch.autograd.grad(cost(xg).sum(), xg)
     torch.testing.assert_close(cost.egrad(x), auto)
+    f, g = cost.value_and_egrad(x)
+    torch.testing.assert_close(f, cost(x), rtol=1e-12, atol=0)
+    torch.testing.assert_close(g, auto)
+
+
+def test_problem_evaluates_a_cost_with_value_and_egrad_in_one_call():
+    """The tracker's costs (window cost, its framed form, the past penalty) give cost and
+    gradient in one call; Problem uses it, and both equal the separate evaluations."""
+    import torch
+
+    from ddcontrol.data import collect
+    from ddcontrol.manifold import BehaviorManifold
+    from ddcontrol.solvers.problem import Problem
+    from ddcontrol.symmetry import symmetry_for
+    from ddcontrol.tracking import TrackingProblem
+    from ddcontrol.tracking.conditioning import PastPenalty, conditioned_cost
+    from ddcontrol.tracking.reference import Reference
+    from ddcontrol.tracking.window_cost import FramedWindowCost
+
+    uni = "ddcontrol/Unicycle-v0"
+    data = collect(uni, 4, 12, seed=0, noise=False)
+    rng = np.random.default_rng(1)
+    ref = Reference(rng.normal(size=(20, 2)), channels=(0, 1), output_dim=5, dt=data.dt)
+    prob = TrackingProblem.for_env(uni, ref, 8, Q=1.0, R=0.1)
+    sym = symmetry_for(data.metadata, 2)
+    framed = FramedWindowCost(prob.window_cost(data.normalizer, t_ini=4, dtype=torch.float64),
+                              sym, data.normalizer)
+    framed.set_frame(np.array([1.0, -2.0, 0.7]))
+    x = torch.as_tensor(data.windows(12, normalized=True)[:3], dtype=torch.float64)
+    measured = x[0, :5].clone()
+    measured[0, :2] = float("nan")
+    f, g = conditioned_cost(framed, measured + 0.1, 3.0)
+    assert isinstance(f, PastPenalty)
+    xg = x.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(f(xg).sum(), xg)
+    torch.testing.assert_close(g(x), auto)
+    calls: list[str] = []
+    fused = f.value_and_egrad
+    f.value_and_egrad = lambda z: calls.append("fused") or fused(z)
+    problem = Problem(BehaviorManifold(lambda z, s: z, 0.1), f, g)
+    cost, grad = problem.cost_and_egrad(x)
+    assert calls == ["fused"]
+    torch.testing.assert_close(cost, f(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, auto)
+    # Another gradient than the cost's own is used as given.
+    other = Problem(BehaviorManifold(lambda z, s: z, 0.1), f, lambda z: torch.zeros_like(z))
+    assert float(other.cost_and_egrad(x)[1].abs().max()) == 0.0 and calls == ["fused"]
 
 
 def test_make_dynamics_lives_in_envs_and_the_old_names_still_work():

@@ -290,3 +290,37 @@ def test_bad_inputs_raise(subspace_quadratic):
                  lambda: DRGD(0.1, sigma_start=-1.0), lambda: DRGD(0.1, max_time=0)):
         with pytest.raises(ConfigurationError):
             make()
+
+
+def test_time_budget_predicts_each_iteration_from_the_longest_of_its_kind(monkeypatch):
+    """Iterations of kind 1 (every 5th, as those refreshing a conditioned solve's Jacobian rows)
+    take 5 s of a fake clock, the others 1 s. With 12 s the run takes iterations 0-4 and stops
+    before the 5th (a kind-1 one that would end at 14 s); timing every iteration by the longest
+    of any kind would have stopped after iteration 3."""
+    import ddcontrol.solvers.base as base
+
+    clock = [0.0]
+    monkeypatch.setattr(base.time, "perf_counter", lambda: clock[0])
+
+    class Timed(DRGD):
+        def _iteration_kind(self, k):
+            return int(k % 5 == 0)
+
+        def _iterate(self, ctx, state, ev, k, sigma):
+            clock[0] += 5.0 if self._iteration_kind(k) else 1.0
+            return super()._iterate(ctx, state, ev, k, sigma)
+
+    den = LinearGaussianDenoiser(torch.zeros(4, dtype=DT), torch.eye(4, dtype=DT)[:, :2],
+                                 torch.ones(2, dtype=DT))
+    problem = Problem(BehaviorManifold(den, 0.1), lambda x: (x ** 2).sum(dim=1),
+                      lambda x: 2 * x)
+    res = Timed(0.1, max_iterations=50, max_time=12.0, min_gradient_norm=0.0).run(
+        problem, initial_point=torch.ones(1, 4, dtype=DT))
+    assert res.stop_reason == "max_time" and res.iterations == 4
+    assert clock[0] == 9.0
+    # The first cheap iteration runs while any time is left (5 s of 5.5 s spent), not predicted
+    # by the costly first one; the next would end past the budget.
+    clock[0] = 0.0
+    res = Timed(0.1, max_iterations=50, max_time=5.5, min_gradient_norm=0.0).run(
+        problem, initial_point=torch.ones(1, 4, dtype=DT))
+    assert res.stop_reason == "max_time" and res.iterations == 1 and clock[0] == 6.0

@@ -121,6 +121,17 @@ def test_framed_cost_is_the_world_cost_and_its_gradient_is_exact():
     np.testing.assert_allclose(framed.egrad(x).numpy(), xx.grad.numpy(), rtol=1e-9, atol=1e-12)
     # An isometry in normalised units leaves the step size unchanged.
     assert framed.lipschitz() == pytest.approx(base.lipschitz(), rel=1e-9)
+    # The fused evaluation follows a new frame and a new reference start (its affine form is
+    # recomputed), per window too (K frames at once).
+    for frame, start in ((np.array([-1.0, 3.0, -2.1]), 0), (np.array([-1.0, 3.0, -2.1]), 3),
+                         (np.array([[0.5, 0.0, 0.3], [2.0, 1.0, -1.0], [0.0, -4.0, 2.5]]), 3)):
+        framed.set_frame(frame)
+        framed.set_start(start)
+        f, grad = framed.value_and_egrad(x)
+        xx = x.clone().requires_grad_(True)
+        framed(xx).sum().backward()
+        np.testing.assert_allclose(f.numpy(), framed(x).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(grad.numpy(), xx.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_a_plan_far_from_the_origin_is_the_plan_at_the_origin_moved():
@@ -206,8 +217,10 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     tracker = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                               model=Model())
     assert d.sigma == "auto" and tracker.sigma == 0.15 and tracker.solver_name == d.solver
-    # The unicycle's default is no per-step budget (quality first; see defaults.py).
-    assert d.step_time_fraction is None and tracker.step_time_budget is None
+    # The unicycle's per-step budget is a cap at 0.9 dt, not the 0.45 dt of the others
+    # (quality first; see defaults.py).
+    assert d.step_time_fraction == 0.9
+    assert tracker.step_time_budget == pytest.approx(0.9 * ref.dt)
     # 8 cold starts everywhere; chord iterations on the unicycle only (measured per system).
     assert tracker.num_starts == d.num_starts == 8
     assert tracker.jacobian_every == d.jacobian_every == 5

@@ -243,6 +243,25 @@ def test_closed_loop_fallback_is_called_when_the_flag_fires_and_counted():
     assert held.ood_steps == 2 and all(a[0] == 0.0 for a in acts)
 
 
+def test_background_rating_attaches_the_manifold_distance_of_the_plan():
+    """Under "warn" a step's manifold distance is computed in the background with its
+    confidence: NaN on the plan until the estimate is collected, then ‖v(x) − x‖ of its window
+    at the plan's σ; under "hold" (rated with the plan) it is there at once."""
+    warned = _closed_loop_tracker(1e9, "warn")
+    _run(warned, steps=6)
+    plan = warned.last_plan
+    assert np.isnan(plan.manifold_distance) and plan.ood is None
+    assert warned.ood_steps == 0  # waits for every estimate
+    x = torch.as_tensor(plan.window, dtype=torch.float64)[None]
+    assert plan.manifold_distance == pytest.approx(float(warned.manifold.dist(x)[0]), abs=1e-12)
+    assert plan.ood is False
+    held = _closed_loop_tracker(1e9, "hold")
+    _run(held, steps=6)
+    x = torch.as_tensor(held.last_plan.window, dtype=torch.float64)[None]
+    assert held.last_plan.manifold_distance == pytest.approx(float(held.manifold.dist(x)[0]),
+                                                            abs=1e-12)
+
+
 def test_tracker_rejects_bad_policies():
     from ddcontrol.errors import ConfigurationError, UnknownNameError
 

@@ -82,8 +82,8 @@ class Solver(abc.ABC):
         below this (units of x); for Armijo DRGD, its last accepted move. 0 disables.
     max_time : float
         Seconds the run may take: it stops with "max_time" after the iteration past which one
-        more, as long as the longest so far, would end beyond it (host clock only, checked every
-        iteration).
+        more, as long as the longest so far of its kind (:meth:`_iteration_kind`), would end
+        beyond it (host clock only, checked every iteration).
     check_every : int
         Stopping criteria that need device values (gradient norm, step, divergence) are checked
         every ``check_every`` iterations and at the last one: the only host synchronisations of
@@ -127,6 +127,16 @@ class Solver(abc.ABC):
     def _start(self, ctx: _Context, x0: Tensor) -> dict[str, Any]:
         """Initial method state; must contain ``y``, the first pre-image to evaluate."""
         return {"y": x0}
+
+    def _iteration_kind(self, k: int) -> int:
+        """Which kind iteration ``k`` is, for the time budget, numbered by cost (a higher kind
+        is costlier, e.g. an iteration that computes Jacobian rows): the run stops when the
+        next iteration would end past ``max_time`` if it took as long as the longest so far of
+        its kind. Before one of its kind has run, it is predicted by the longest of any kind,
+        except that the first iteration of a kind cheaper than every kind that has run is taken
+        while time is left (the first iteration, which also pays the run's setup and any load
+        of the moment, would otherwise stand for all the cheap ones)."""
+        return 0
 
     @abc.abstractmethod
     def _iterate(self, ctx: _Context, state: dict[str, Any], ev: Evaluation, k: int,
@@ -243,7 +253,7 @@ class Solver(abc.ABC):
         state = self._start(ctx, x0)
         k, loop_reason, prev_p = 0, "max_iterations", x0
         t_iter = t0  # end of the previous iteration (host clock)
-        longest = 0.0  # the longest iteration so far (seconds)
+        longest: dict[int, float] = {}  # the longest iteration so far of each kind (seconds)
         for k in range(n_max + 1):
             sigma = sigmas[k]
             if k == 0:
@@ -253,11 +263,16 @@ class Solver(abc.ABC):
                 ev = self._evaluate(ctx, state["y"], sigma)
             p, f, rgrad, step = self._iterate(ctx, state, ev, k, sigma)
             # Stop before an iteration that would end past the budget if it took as long as
-            # the longest one so far: a real-time step must not overrun by one iteration, and
-            # iterations differ (chord iterations are cheaper than those refreshing the rows).
+            # the longest one so far of its kind: a real-time step must not overrun by one
+            # iteration, and iterations differ (chord iterations are cheaper than those
+            # refreshing the rows; the first also pays the run's setup).
             now = time.perf_counter()
-            longest = max(longest, now - t_iter)
-            timed_out = now - t0 + longest > self.max_time
+            kind = self._iteration_kind(k)
+            longest[kind] = max(longest.get(kind, 0.0), now - t_iter)
+            upcoming = longest.get(nxt := self._iteration_kind(k + 1))
+            if upcoming is None:
+                upcoming = 0.0 if all(nxt < j for j in longest) else max(longest.values())
+            timed_out = now - t0 + upcoming > self.max_time
             t_iter = now
             last = k == n_max or timed_out
             is_check = last or k % self.check_every == 0

@@ -27,7 +27,9 @@ class Problem:
         batch element (so its gradient is the gradient of ``cost(x).sum()``).
     egrad : callable, optional
         Euclidean gradient ``(B, *event_shape) -> (B, *event_shape)``; autograd of ``cost`` if
-        omitted. Supplying it saves one backward pass per iteration.
+        omitted. Supplying it saves one backward pass per iteration. A cost object with a
+        method ``value_and_egrad(x) -> (cost, egrad)``, given with its own ``egrad`` (or
+        without one), is evaluated through that method: one call for both at every iteration.
     lower, upper : Tensor or float, optional
         Box bounds broadcastable to ``event_shape`` (±inf allowed), same units as x. Solvers clamp
         every projected point into the box, so returned points always satisfy them.
@@ -45,6 +47,9 @@ class Problem:
         self.manifold = manifold
         self.cost = cost
         self.egrad = egrad
+        fused = getattr(cost, "value_and_egrad", None)
+        self._fused = fused if callable(fused) and (
+            egrad is None or egrad == getattr(cost, "egrad", None)) else None
         self.lower = self._as_bound(lower, "lower")
         self.upper = self._as_bound(upper, "upper")
 
@@ -86,6 +91,9 @@ class Problem:
 
     def cost_and_egrad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Cost (B,) and Euclidean gradient (shape of x) at ``x``, both detached."""
+        if self._fused is not None:
+            with torch.no_grad():
+                return self._fused(x)
         if self.egrad is not None:
             with torch.no_grad():
                 return self.cost(x), self.egrad(x)

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from ddcontrol.solvers import Solver
     from ddcontrol.tracking.plan_solver import PlanSolvers
 
-__all__ = ["Conditioning", "Pin", "Clamp", "Penalty", "make_conditioning", "conditioned_cost"]
+__all__ = ["Conditioning", "Pin", "Clamp", "Penalty", "make_conditioning", "conditioned_cost",
+           "PastPenalty"]
 
 
 def conditioned_cost(cost: Any, measured: Tensor | None, past_weight: float) -> tuple[Any, Any]:
@@ -44,23 +45,43 @@ def conditioned_cost(cost: Any, measured: Tensor | None, past_weight: float) -> 
     measured or a zero weight).
 
     ``measured`` is (T_ini + 1, C) for one plan or (K, T_ini + 1, C), one per row of a batch,
-    normalised, NaN where not measured."""
+    normalised, NaN where not measured. The cost returned has the ``value_and_egrad`` of
+    ``cost`` too, when ``cost`` has one (:class:`~ddcontrol.solvers.problem.Problem` then
+    evaluates both in one call)."""
     if measured is None or not past_weight:
         return cost, cost.egrad
-    known = ~torch.isnan(measured)
-    target = torch.nan_to_num(measured)
-    rows, lam = measured.shape[-2], past_weight
+    past = PastPenalty(cost, measured, past_weight)
+    return past, past.egrad
 
-    def f(x: Tensor) -> Tensor:
-        d = (x[:, :rows] - target) * known
-        return cost(x) + lam * (d * d).sum(dim=(-1, -2))
 
-    def g(x: Tensor) -> Tensor:
-        out = cost.egrad(x)
-        out[:, :rows] += 2.0 * lam * (x[:, :rows].detach() - target) * known
+class PastPenalty:
+    """``cost(x) + λ ‖(x_past − measured) ⊙ known‖²`` (:func:`conditioned_cost`)."""
+
+    def __init__(self, cost: Any, measured: Tensor, past_weight: float) -> None:
+        self.cost, self.lam = cost, float(past_weight)
+        self.known = ~torch.isnan(measured)
+        self.target = torch.nan_to_num(measured)
+        self.rows = measured.shape[-2]
+
+    def _mismatch(self, x: Tensor) -> Tensor:
+        return (x[:, :self.rows] - self.target) * self.known
+
+    def __call__(self, x: Tensor) -> Tensor:
+        d = self._mismatch(x)
+        return self.cost(x) + self.lam * (d * d).sum(dim=(-1, -2))
+
+    def egrad(self, x: Tensor) -> Tensor:
+        out = self.cost.egrad(x)
+        out[:, :self.rows] += (2.0 * self.lam) * self._mismatch(x.detach())
         return out
 
-    return f, g
+    def value_and_egrad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Cost (B,) and gradient, the penalty's mismatch computed once."""
+        fused = getattr(self.cost, "value_and_egrad", None)
+        f, g = fused(x) if fused is not None else (self.cost(x), self.cost.egrad(x))
+        d = self._mismatch(x.detach())
+        g[:, :self.rows] += (2.0 * self.lam) * d
+        return f + self.lam * (d * d).sum(dim=(-1, -2)), g
 
 
 class Conditioning(abc.ABC):

@@ -47,12 +47,14 @@ class SystemDefaults:
         1 (what a 0.45 dt budget leaves on 172 of 200 steps) 14-16x.
     jacobian_every : int
         Warm solves compute the pinned coordinates' Jacobian rows every this many iterations
-        and reuse only the inverse of their small block in between, with exact directions
-        (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`). Measured per system: on
-        the unicycle 5 gives the same closed loop as 1 (seed 0, three references: 1.3123x /
-        0.854x / 1.6746x the oracle against 1.3122x / 0.854x / 1.6744x) at about half the time
-        per iteration; on the double pendulum it does not (seed 0, swing: 1.66x against
-        1.04x), so the generic default is 1.
+        and reuse them and the inverse of their small block in between
+        (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`, ``chord="reused"``). Measured
+        per system: on the unicycle 5 gives the same closed loop as 1 (seed 0, three
+        references: 1.3123x / 0.854x / 1.6746x the oracle against 1.3122x / 0.854x / 1.6744x,
+        reusing the inverse alone with exact directions; reusing the rows too cost 0.9992x to
+        1.0013x that over the 9 suite runs, at one backward pass per iteration instead of two)
+        at about half the time per iteration; on the double pendulum it does not (seed 0,
+        swing: 1.66x against 1.04x), so the generic default is 1.
     num_starts : int
         Cold starts (at ``reset``, and in :meth:`plan` without a warm start) solved at once
         from the best candidate windows, the best kept. 8 rather than 1 moved the unicycle's
@@ -185,14 +187,16 @@ SYSTEM_DEFAULTS: dict[str, SystemDefaults] = {
     # A large σ keeps plans near the data's speeds and turn rates: on the figure of eight (80
     # steps, seed 0, iteration-limited) σ 0.05 / 0.1 / 0.2 gave 5.3x / 1.65x / 1.29x the
     # oracle's cost; at 0.05 the plan drove backwards at speeds the data never showed.
-    # 5 warm iterations per step (the class docstring): about 35 ms against dt = 50 ms on 2 CPU
-    # cores where 20 took about 100 ms. Not within 0.45 dt: that budget leaves 1 iteration
-    # (the first, which computes the pinned rows, is the longest), and the closed loop on the
-    # figure of eight (seed 0) then costs 14-16x the unbudgeted one. Quality first: no budget
-    # by default here.
+    # 5 warm iterations per step (the class docstring): 13-20 ms (p50) against dt = 50 ms on
+    # 2 CPU cores (bench_realtime.py, 9 runs; 20 iterations took about 100 ms). The budget is a
+    # cap at 0.9 dt, not the others' 0.45 dt: the cap never cut an iteration (the same costs
+    # as iteration-limited, every step within 0.6 dt), while 0.45 dt, under load, cut some
+    # steps to 2-4 iterations and cost up to 9 % more (realtime_unicycle_budget045.json: 8 of
+    # 9 runs within 1 %, the figure of eight at seed 0 +9.2 %; before this session's cheaper
+    # iterations it left 1 iteration and cost 14-16x). Quality first.
     "ddcontrol/Unicycle-v0": SystemDefaults(
         window=45, t_ini=5, R=0.001, reference="figure-eight", excitation="gaussian",
-        excitation_params={"bandwidth": 0.2, "amplitude": 0.6}, step_time_fraction=None,
+        excitation_params={"bandwidth": 0.2, "amplitude": 0.6}, step_time_fraction=0.9,
         iterations_per_step=5, jacobian_every=5, refine_sigma=0.02),
 }
 

@@ -80,7 +80,8 @@ class PlanSolvers:
             batch, or one for every row).
         warm : bool
             The plan starts from a warm start: no σ annealing, the Jacobian reuse of
-            ``jacobian_every``, a guided solve re-noised less.
+            ``jacobian_every``, no gradient at the last iterate of a conditioned solve (NaN in
+            its history: its step is never taken), a guided solve re-noised less.
         max_time : float, optional
             Seconds the solve may take.
         """
@@ -121,7 +122,8 @@ class PlanSolvers:
         return ConditionedDRGD(mask, values, step_size=self.step_size,
                                momentum=0.0 if cfg.solver == "drgd" else 0.9,
                                damping=cfg.damping, max_step=cfg.max_step,
-                               jacobian_every=cfg.jacobian_every if warm else 1, **common)
+                               jacobian_every=cfg.jacobian_every if warm else 1,
+                               chord="reused", final_gradient=not warm, **common)
 
     def unpinned(self, name: str, common: dict[str, Any]) -> Solver:
         """DRGD, heavy-ball DRGD or DLF on the conditioning's cost and bounds."""

@@ -462,14 +462,24 @@ class RecedingHorizonPolicy(Controller):
             self._executor = ThreadPoolExecutor(max_workers=1,
                                                 thread_name_prefix="ddcontrol-trust")
         x = torch.as_tensor(plan.window, device=self._device)[None]
-        self._pending.append((k, plan, self._executor.submit(self.trust, x, repredict=False)))
+        self._pending.append((k, plan, self._executor.submit(self._background_job(x))))
+
+    def _background_job(self, x: torch.Tensor) -> Callable[[], tuple[Any, float | None]]:
+        """What runs in the background for the plan window ``x`` (1, L, C) whose confidence
+        comes later: it returns the trust estimator's report and the plan's manifold distance,
+        or None where the plan computed that itself (this class: always)."""
+        trust = self.trust
+        return lambda: (trust(x, repredict=False), None)
 
     def _collect_trust(self, wait: bool = False) -> None:
         """Attach the background estimates that have finished (all with ``wait``) to their
         plans, and count the flagged ones."""
         while self._pending and (wait or self._pending[0][2].done()):
             k, plan, future = self._pending.pop(0)
-            report = future.result().item(0)
+            result, distance = future.result()
+            report = result.item(0)
+            if distance is not None:
+                plan.manifold_distance = distance
             plan.estimated_deviation, plan.ood, plan.trust = (
                 report["estimated_deviation"], report["ood"], report)
             if plan.ood:

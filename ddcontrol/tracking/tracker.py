@@ -26,6 +26,7 @@ The tracker composes small pieces, each with one job (all in :mod:`ddcontrol.tra
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,7 +79,10 @@ class PlanResult:
         Wall time of :meth:`DenoisingTracker.plan` (cold-start search, solve, refinement).
     manifold_distance : float
         ‖v(x) − x‖ of the final window in normalised units: large values mean the point is not
-        where the denoiser thinks the manifold is.
+        where the denoiser thinks the manifold is. A receding-horizon step whose confidence is
+        estimated in the background (``on_ood`` "warn" or "escalate") computes it there too:
+        NaN until that estimate is attached to the plan (at the next step, or on reading
+        ``flagged_steps``), which keeps a network pass out of the step's time.
     solver_result : SolverResult
     frame : ndarray (k,)
         The symmetry's group element of the plan (the world frame of ``window``; empty
@@ -176,11 +180,13 @@ class DenoisingTracker(RecedingHorizonPolicy):
         reliable within a few training σ of the data, so long moves are unsafe.
     jacobian_every : int
         Warm-started receding-horizon steps recompute the Jacobian rows of the pinned (measured)
-        coordinates every this many iterations (1: every iteration); in between they reuse only
-        the inverse of the rows' small k × k block and keep exact directions with one more small
-        VJP (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`). The rows cost one VJP per
-        pinned coordinate. On the unicycle (40 pinned) 5 halves the time per iteration with the
-        same closed loop (three references, seed 0: equal to 4 digits); on the double pendulum
+        coordinates every this many iterations (1: every iteration); in between they reuse the
+        rows and the inverse of their small k × k block (``chord="reused"`` of
+        :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`: one backward pass over ∇f and
+        the momentum per iteration). The rows cost one VJP per pinned coordinate. On the
+        unicycle (40 pinned) 5 halves the time per iteration with the same closed loop (three
+        references, seed 0: equal to 4 digits, with the rows' inverse reused alone and exact
+        directions; the rows reused too: 0.9992-1.0013x that over 9 runs); on the double pendulum
         (32 pinned, σ 0.1) it raised the closed-loop cost from 1.04x to 1.66x the oracle's, so
         the system defaults (:mod:`~ddcontrol.tracking.defaults`) set it per system.
     step_time_budget : float, optional
@@ -492,6 +498,18 @@ class DenoisingTracker(RecedingHorizonPolicy):
     def _can_cold_start(self) -> bool:
         return self.cold_start.candidates is not None
 
+    def _background_job(self, x: Tensor) -> Any:
+        """The trust estimate and the manifold distance of a step's plan window ``x``, at the
+        projection that planned it (an escalation may change it before the job runs)."""
+        trust, manifold = self.trust, self.manifold
+
+        def job() -> tuple[Any, float]:
+            report = trust(x, repredict=False)
+            with torch.no_grad():
+                return report, float(manifold.dist(x.to(self.dtype))[0])
+
+        return job
+
     def rate(self, x: Tensor, measured: Tensor | None, repredict: bool) -> Any:
         """The trust estimator's report on normalised plan windows ``x`` (B, L, C) solved from
         the measured block(s) ``measured`` (normalised, as the plan pinned them): with the
@@ -555,7 +573,9 @@ class DenoisingTracker(RecedingHorizonPolicy):
             # reports its best finite iterate as its point.)
             best = int(torch.argmin(torch.nan_to_num(result.cost, nan=torch.inf)))
             x = result.point[best:best + 1]
-            dist = float(self.manifold.dist(x)[0])
+            # A step rated in the background gets its distance there (_background_job).
+            dist = (math.nan if confidence == "later" and self.trust is not None
+                    else float(self.manifold.dist(x)[0]))
             initial_cost = float(self.cost(x0[best:best + 1])[0])
         if refine and self.refine_iterations:
             x = self.refinement(x, measured)

@@ -24,6 +24,21 @@ if TYPE_CHECKING:
 __all__ = ["WindowCost", "FramedWindowCost"]
 
 
+def _affine_quadratic(x: Tensor, t_ini: int, a: Tensor, b: Tensor, weight: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """``f = Σ_t z_t W z_tᵀ`` over the future samples of windows x (B, L, C), with residuals
+    ``z_t = x_t A + b_t`` (A (C, k) or (B, C, k), b (N_h, k) or (B, N_h, k)), and its gradient
+    ``2 z W Aᵀ`` (shape of x, zero on the past block; W symmetric). A handful of operations:
+    at batch 1 their count, not their arithmetic, is what an iteration pays for."""
+    xf = x.detach()[:, t_ini:]
+    z = xf @ a + b
+    zw = z @ weight
+    f = (z * zw).sum(dim=(-1, -2))
+    g = torch.zeros_like(x)
+    g[:, t_ini:] = (2.0 * zw) @ a.transpose(-1, -2)
+    return f, g
+
+
 class WindowCost:
     """Batched tracking cost of normalised windows ``x`` (B, T_ini + N_h, m + p), and its gradient.
 
@@ -51,6 +66,13 @@ class WindowCost:
             slice(cols[0], cols[-1] + 1) if cols and cols == list(range(cols[0], cols[-1] + 1))
             else torch.as_tensor(cols, device=device))
         self.Q, self.R = as_t(problem.Q_matrix), as_t(problem.R_matrix)
+        # The costed channels (inputs, then tracked outputs) and their weight blockdiag(R, Q):
+        # value_and_egrad works on them alone.
+        self._costed = list(range(m)) + cols
+        k = len(self._costed)
+        self._weight = torch.zeros(k, k, dtype=dtype, device=device)
+        self._weight[:m, :m], self._weight[m:, m:] = self.R, self.Q
+        self._affine_key: Any = None
         self.set_start(start)
 
     def set_start(self, start: int) -> None:
@@ -70,12 +92,26 @@ class WindowCost:
 
     def egrad(self, x: Tensor) -> Tensor:
         """Euclidean gradient w.r.t. the normalised window, shape of x (detached)."""
-        u, e = self._future(x.detach())
-        g = torch.zeros_like(x)
-        fut = g[:, self.t_ini:]
-        fut[..., : self.m] = 2.0 * (u @ self.R) * self.std[: self.m]
-        fut[..., self.y_idx] = 2.0 * (e @ self.Q) * self.std[self.y_idx]
-        return g
+        return self.value_and_egrad(x)[1]
+
+    def value_and_egrad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Cost (B,) and gradient (shape of x) in one evaluation: the solvers need both at every
+        iteration (:func:`_affine_quadratic`)."""
+        a, b = self.affine()
+        return _affine_quadratic(x, self.t_ini, a, b, self._weight)
+
+    def affine(self) -> tuple[Tensor, Tensor]:
+        """The costed residuals as an affine map of a normalised future sample: ``z_t = x_t A +
+        b_t``, A (C, k) and b (N_h, k) or (B, N_h, k), k = m + tracked outputs; the cost is
+        Σ_t z_t blockdiag(R, Q) z_tᵀ. Recomputed when the reference changes."""
+        key = self.ref
+        if self._affine_key is not key:
+            costed = self._costed
+            a = torch.diag(self.std)[:, costed]
+            b = self.mean[costed].expand(*self.ref.shape[:-1], len(costed)).clone()
+            b[..., self.m:] -= self.ref
+            self._affine, self._affine_key = (a, b), key
+        return self._affine
 
     def lipschitz(self) -> float:
         """Lipschitz constant of the gradient in normalised coordinates (largest Hessian eigenvalue
@@ -103,6 +139,7 @@ class FramedWindowCost:
         self._lip_factor = symmetry.gain(normalizer) ** 2
         self.t_ini, self.m = cost.t_ini, cost.m
         self.past_length = self.t_ini
+        self._affine_key: Any = None
         self.set_frame(None)
 
     @property
@@ -115,20 +152,20 @@ class FramedWindowCost:
     def set_frame(self, g: Any) -> None:
         """The world frame of the windows: group element (k,) or (B, k); None → identity."""
         mean = self.cost.mean
-        if g is None:
-            g = self.symmetry.identity_element()
-        self.g = torch.as_tensor(np.asarray(g, dtype=float), dtype=mean.dtype,
-                                 device=mean.device)
+        g = np.asarray(self.symmetry.identity_element() if g is None else g, dtype=float)
+        self.g = torch.as_tensor(g, dtype=mean.dtype, device=mean.device)
         # The frame map acts on every sample of a window alike and is affine in it (a rotation
         # and a shift in normalised units): w_t = x_t M + b. Its matrix and offset, read off
         # the map at 0 and at the unit vectors (as samples of one probe window), make each
-        # evaluation one product instead of the symmetry's own arithmetic and autograd.
+        # evaluation one product instead of the symmetry's own arithmetic and autograd. The
+        # probe is a few samples: numpy in float64, then one copy to the device (a step's
+        # plan sets its frame once, and torch's per-operation overhead would dominate).
         c = mean.shape[0]
-        probe = torch.cat([torch.zeros(1, c, dtype=mean.dtype, device=mean.device),
-                           torch.eye(c, dtype=mean.dtype, device=mean.device)])
-        probe = probe.expand(*self.g.shape[:-1], c + 1, c)
+        probe = np.broadcast_to(np.concatenate([np.zeros((1, c)), np.eye(c)]),
+                                (*g.shape[:-1], c + 1, c))
         n = self.normalizer
-        out = n.normalize(self.symmetry.act(self.g, n.denormalize(probe)))
+        out = np.asarray(n.normalize(self.symmetry.act(g, n.denormalize(probe))), dtype=float)
+        out = torch.as_tensor(out, dtype=mean.dtype, device=mean.device)
         self._offset = out[..., :1, :]  # (..., 1, C)
         self._matrix = out[..., 1:, :] - self._offset  # (..., C, C): row j is the image of e_j
 
@@ -141,8 +178,18 @@ class FramedWindowCost:
 
     def egrad(self, x: Tensor) -> Tensor:
         """Euclidean gradient w.r.t. the canonical normalised window (detached)."""
-        x = x.detach()
-        return self.cost.egrad(self.to_world(x)) @ self._matrix.transpose(-1, -2)
+        return self.value_and_egrad(x)[1]
+
+    def value_and_egrad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Cost (B,) and gradient w.r.t. the canonical window in one evaluation: the frame map
+        composed with the world cost's affine residuals (:func:`_affine_quadratic`)."""
+        a, b = self.cost.affine()
+        key = (self._matrix, a, b)
+        if self._affine_key is None or any(p is not q for p, q in zip(self._affine_key, key)):
+            # x_t M + o in normalised world units, then the world cost's x_t A + b.
+            self._affine = (self._matrix @ a, self._offset @ a + b)
+            self._affine_key = key
+        return _affine_quadratic(x, self.t_ini, *self._affine, self.cost._weight)
 
     def lipschitz(self) -> float:
         """The world cost's constant times ‖A‖², A the linear part of the frame map in normalised

@@ -10,7 +10,7 @@ one of three references (the suite's) and a random start step in it. Each proble
 * ``warm``: from the cold plan's window, ``iterations_per_step`` iterations (a receding-horizon
   step);
 * ``warm_j5``: the same with the tracker's ``jacobian_every=5`` (the pinned rows computed at 1
-  of 5 iterations; in between only their k x k inverse is reused, directions exact);
+  of 5 iterations; in between the rows and their k x k inverse are reused, ``chord="reused"``);
 
 all without refinement (as the receding horizon plans), with the trust estimate's cheap
 measures, and a fixed iteration count (no time budget), either one :meth:`DenoisingTracker.plan`
@@ -25,7 +25,7 @@ windows (normalised) and predicted costs (relative), with both sets of costs; th
 comparison for ``--check64`` problems with model and tracker in float64.
 
 Run (the recorded figures; a 2-core machine with no other job, load average 0.8-1.0, one torch
-thread; about 170 s)::
+thread; about 110-170 s)::
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_batch_plans.py
 
@@ -36,17 +36,22 @@ unicycle, 20 on the msd); the VJPs of the pinned rows in chunks of at most 512 r
 product (:data:`ddcontrol.score.frozen.VJP_ROWS`)::
 
     system    mode     iters  sequential  K=1          K=16          K=64          K=256
-    unicycle  cold      30      4.4      3.6 (0.8x)   16.5 (3.8x)   23.6 (5.4x)   24.2 (5.5x)
-    unicycle  warm       5     32.7     40.4 (1.2x)  118.1 (3.6x)  140.0 (4.3x)  136.7 (4.2x)
-    unicycle  warm_j5    5     37.9     41.4 (1.1x)  209.6 (5.5x)  259.3 (6.8x)  288.4 (7.6x)
-    msd       cold      30     13.9     12.3 (0.9x)   73.2 (5.3x)   92.6 (6.7x)  111.8 (8.0x)
-    msd       warm      20     21.4     20.8 (1.0x)  113.6 (5.3x)  156.4 (7.3x)  151.6 (7.1x)
-    msd       warm_j5   20     22.3     19.9 (0.9x)  137.1 (6.1x)  226.4 (10.1x) 281.6 (12.6x)
+    unicycle  cold      30      6.0      7.3 (1.2x)   21.9 (3.6x)   27.5 (4.6x)   30.3 (5.0x)
+    unicycle  warm       5     53.5     48.2 (0.9x)  140.1 (2.6x)  161.4 (3.0x)  174.2 (3.3x)
+    unicycle  warm_j5    5     69.8     69.1 (1.0x)  289.5 (4.1x)  383.9 (5.5x)  453.4 (6.5x)
+    msd       cold      30     19.5     18.4 (0.9x)  102.5 (5.3x)  126.6 (6.5x)  138.0 (7.1x)
+    msd       warm      20     30.8     30.1 (1.0x)  152.3 (4.9x)  189.9 (6.2x)  213.9 (6.9x)
+    msd       warm_j5   20     36.0     36.3 (1.0x)  229.1 (6.4x)  375.4 (10.4x) 440.3 (12.2x)
 
 (unicycle: 30,000 candidates, 40 pinned coordinates, auto σ 0.3; msd: 11,000 and 11, auto σ
 0.2; solver "nesterov". The sequential rate is the faster of two runs of 16 plans, and the
-speedups scatter with it by about a fifth between runs.) Two changes of the same session moved
-these figures. First, the confidence estimate's nearest training snippets had taken a third to
+speedups scatter with it by about a fifth between runs.) The recording before, at K = 64:
+unicycle 23.6 / 140 / 259 plans/s (5.4x / 4.3x / 6.8x), msd 92.6 / 156 / 226 (6.7x / 7.3x /
+10.1x). Cheaper iterations since (the chord iterations' one backward pass, the tracking cost and
+its gradient in one affine evaluation, no VJP at a warm plan's last iterate) raised every rate,
+single plans most (unicycle warm_j5 37.9 → 69.8, msd warm 21.4 → 30.8), so every ratio but the
+msd warm_j5's fell. Before that, two changes of an earlier session moved the figures.
+First, the confidence estimate's nearest training snippets had taken a third to
 a half of a batched warm plan's time: the distances of all K plans' snippets to the 20,000
 training snippets were one matrix of up to 2,624 x 20,000 that left the cache before its
 minimum was taken; computed a block of queries at a time (:data:`ddcontrol.trust.NEAREST_TILE`)
@@ -64,8 +69,8 @@ coordinates' Jacobian rows, K · (k + 2) backward rows for k pinned coordinates 
 unicycle), and one plan already fills the core with its k + 2 rows, so batching gains what the
 per-call overhead, the small forward, the cold-start search and the confidence estimate cost;
 the cheaper that overhead, the less there is to gain. Batched == sequential to float32
-round-off (unicycle inputs within 1e-5; the msd's conditioned solve amplifies round-off, up to
-1.8e-3 on one warm_j5 plan); in float64 every mode agrees to 1e-12 or better, so the float32
+round-off (the msd's conditioned solve amplifies round-off: inputs up to 9e-3 apart and costs
+1.5 % on one warm_j5 plan); in float64 every mode agrees to 5e-12 or better, so the float32
 gaps are round-off, not a difference of the computations. ``--device cuda`` runs the same on a
 GPU (not measured: no device was available).
 """

@@ -24,7 +24,10 @@ repetition so that they share the machine's load):
   reuse only that inverse and keep exact directions through two small backward passes (∇f,
   momentum and the pull, then the Eᵀλ), so the iterates stay close to the exact ones
   (``max_abs_diff_after_chord5``; equal where the Jacobian is constant, see
-  ``tests/test_iteration.py``).
+  ``tests/test_iteration.py``);
+* ``after_chord5_reused``: the tracker's warm receding-horizon solves: ``jacobian_every=5`` with
+  the rows reused too (``chord="reused"``: one backward pass over ∇f and the momentum) and no VJP
+  at the last iterate (``final_gradient=False``); ``max_abs_diff_after_chord5_reused``.
 
 At batch 1 the pass the tracker's solver makes (the σ-frozen network's forward with its slopes
 and one VJP of 3 cotangents, :mod:`ddcontrol.score.frozen`; no autograd) is also timed after an
@@ -171,6 +174,9 @@ def variants(case: dict[str, Any], before: ModuleType | None, iterations: int
     out["after_one_product"] = one_product
     out["after_chord5"] = solve(ConditionedDRGD, jacobian_every=5)
     out["after_chord10"] = solve(ConditionedDRGD, jacobian_every=10)
+    # The tracker's warm receding-horizon solves: the rows reused too, no last VJP.
+    out["after_chord5_reused"] = solve(ConditionedDRGD, jacobian_every=5, chord="reused",
+                                       final_gradient=False)
     return out
 
 
@@ -246,8 +252,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if before is not None:
                 p_before, p_after = fns["before"]().point, fns["after"]().point
                 row["max_abs_diff_before_after"] = float((p_before - p_after).abs().max())
-            row["max_abs_diff_after_chord5"] = float(
-                (fns["after_chord5"]().point - fns["after"]().point).abs().max())
+            for name in ("after_chord5", "after_chord5_reused"):
+                row[f"max_abs_diff_{name}"] = float(
+                    (fns[name]().point - fns["after"]().point).abs().max())
             if batch == 1:
                 row["frozen_pass_after_idle_gap_ms"] = gaps = idle_gap_effect(
                     case, calls=50 if args.quick else 200)
@@ -260,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f" {ms['after_chord10']:8.2f}  before {r.get('before', math.nan):.1f}x, "
                   f"after {r['after']:.1f}x (in one product {r['after_one_product']:.1f}x), "
                   f"chord5 {r['after_chord5']:.2f}x, "
-                  f"chord10 {r['after_chord10']:.2f}x", flush=True)
+                  f"chord10 {r['after_chord10']:.2f}x, "
+                  f"chord5 reused {r['after_chord5_reused']:.2f}x", flush=True)
     result = {"benchmark": "conditioned iteration vs bare forward+backward",
               "command": "OMP_NUM_THREADS=1 python benchmarks/bench_iteration.py"
                          + (" --quick" if args.quick else ""),

@@ -25,6 +25,21 @@ def _denoisers() -> dict[str, torch.nn.Module]:
                                              torch.full((5,), 2.0, dtype=DT))}
 
 
+def _pinned_problem(seed: int, lower: torch.Tensor | None = None):
+    """The empirical denoiser's manifold at σ 0.3, a quadratic cost toward a random target, the
+    first two rows pinned to random values, and a random generator for start points."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(L, C, generator=g, dtype=DT)
+    mask = torch.zeros(L, C, dtype=torch.bool)
+    mask[:2] = True
+    values = torch.randn(L, C, generator=g, dtype=DT)
+    upper = None if lower is None else -lower
+    problem = Problem(BehaviorManifold(_denoisers()["empirical"], 0.3),
+                      lambda x: ((x - target) ** 2).sum(dim=(1, 2)), lambda x: 2 * (x - target),
+                      lower=lower, upper=upper)
+    return problem, mask, values, g
+
+
 class _NoVmap(torch.autograd.Function):
     """Identity whose backward branches on a tensor's value, which vmap cannot batch."""
 
@@ -67,16 +82,9 @@ def test_batched_jacobian_rows_equal_one_vjp_per_row(name):
 @pytest.mark.parametrize("momentum, jacobian_every, chord", [
     (0.0, 1, "exact"), (0.9, 1, "exact"), (0.9, 3, "exact"), (0.9, 3, "reused")])
 def test_solver_iterates_equal_the_loop_version(momentum, jacobian_every, chord, monkeypatch):
-    den = _denoisers()["empirical"]
-    g = torch.Generator().manual_seed(2)
-    target = torch.randn(L, C, generator=g, dtype=DT)
-    mask = torch.zeros(L, C, dtype=torch.bool)
-    mask[:2] = True
-    values = torch.randn(L, C, generator=g, dtype=DT)
     lower = torch.full((L, C), -torch.inf, dtype=DT)
     lower[2:, 0] = -0.2
-    problem = Problem(BehaviorManifold(den, 0.3), lambda x: ((x - target) ** 2).sum(dim=(1, 2)),
-                      lambda x: 2 * (x - target), lower=lower, upper=-lower)
+    problem, mask, values, g = _pinned_problem(2, lower)
     x0 = torch.randn(2, L, C, generator=g, dtype=DT)
 
     def solve():
@@ -251,14 +259,7 @@ def test_conditioned_solver_rejects_an_unknown_chord():
 def test_final_gradient_off_skips_the_last_backward_pass_only(monkeypatch):
     """``final_gradient=False``: the same iterates and point, one backward pass fewer, and a NaN
     gradient norm for the last iterate only."""
-    den = _denoisers()["empirical"]
-    g = torch.Generator().manual_seed(7)
-    target = torch.randn(L, C, generator=g, dtype=DT)
-    mask = torch.zeros(L, C, dtype=torch.bool)
-    mask[:2] = True
-    values = torch.randn(L, C, generator=g, dtype=DT)
-    problem = Problem(BehaviorManifold(den, 0.3), lambda x: ((x - target) ** 2).sum(dim=(1, 2)),
-                      lambda x: 2 * (x - target))
+    problem, mask, values, g = _pinned_problem(7)
     x0 = torch.randn(2, L, C, generator=g, dtype=DT)
     vjps = Linearization.vjps
     calls: list[int] = []

@@ -74,7 +74,7 @@ linearisation is not stabilisable). Then, merged::
         suite_denoising_v2_coupled suite_denoising_v3_pendulum suite_denoising_v3_unicycle \
         suite_denoising_v3_linear suite_denoising_v4_msd suite_denoising_v5_unicycle \
         suite_denoising_v5_linear suite_denoising_v5_pendulum suite_denoising_v6_unicycle \
-        suite_denoising_v7_pendulum suite_denoising_v9_linear
+        suite_denoising_v7_pendulum suite_denoising_v9_linear suite_denoising_v10_unicycle
 
 The denoising rows of the merged table are the ``suite_denoising_v2_<system>`` runs (session 4
 code: cold start in ``reset``, explicit VJPs; every default, i.e. a per-step budget of 0.45 dt on
@@ -94,7 +94,9 @@ are in turn replaced by ``suite_denoising_v6_unicycle`` (5 warm iterations per s
 of 20), made the same way; the pendulum's by ``suite_denoising_v7_pendulum`` (its models
 trained on σ 0.015-0.5, ``SystemDefaults.train_options``), and the linear systems' by
 ``suite_denoising_v9_linear`` (the same training range and the ``interior`` σ rule; the range
-alone, with the robust rule's σ 0.3: ``suite_denoising_v8_linear``).
+alone, with the robust rule's σ 0.3: ``suite_denoising_v8_linear``). The unicycle's by
+``suite_denoising_v10_unicycle`` (session 14: chord iterations that reuse the pinned rows, a
+per-step budget cap of 0.9 dt that never binds), made the same way.
 
 With every default (time budget 0.8 dt), seed 1 of the unicycle: ``--results
 budget_check_unicycle``. Ablation without the symmetry: ``--symmetry none --results

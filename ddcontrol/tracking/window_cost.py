@@ -70,8 +70,9 @@ class WindowCost:
         # value_and_egrad works on them alone.
         self._costed = list(range(m)) + cols
         k = len(self._costed)
-        self._weight = torch.zeros(k, k, dtype=dtype, device=device)
-        self._weight[:m, :m], self._weight[m:, m:] = self.R, self.Q
+        #: blockdiag(R, Q) (k, k): the weight of the costed residuals of :meth:`affine`.
+        self.weight = torch.zeros(k, k, dtype=dtype, device=device)
+        self.weight[:m, :m], self.weight[m:, m:] = self.R, self.Q
         self._affine_key: Any = None
         self.set_start(start)
 
@@ -98,7 +99,7 @@ class WindowCost:
         """Cost (B,) and gradient (shape of x) in one evaluation: the solvers need both at every
         iteration (:func:`_affine_quadratic`)."""
         a, b = self.affine()
-        return _affine_quadratic(x, self.t_ini, a, b, self._weight)
+        return _affine_quadratic(x, self.t_ini, a, b, self.weight)
 
     def affine(self) -> tuple[Tensor, Tensor]:
         """The costed residuals as an affine map of a normalised future sample: ``z_t = x_t A +
@@ -189,7 +190,7 @@ class FramedWindowCost:
             # x_t M + o in normalised world units, then the world cost's x_t A + b.
             self._affine = (self._matrix @ a, self._offset @ a + b)
             self._affine_key = key
-        return _affine_quadratic(x, self.t_ini, *self._affine, self.cost._weight)
+        return _affine_quadratic(x, self.t_ini, *self._affine, self.cost.weight)
 
     def lipschitz(self) -> float:
         """The world cost's constant times ‖A‖², A the linear part of the frame map in normalised

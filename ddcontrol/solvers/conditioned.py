@@ -140,7 +140,6 @@ class ConditionedDRGD(Solver):
             raise UnknownNameError(f"chord must be one of {CHORDS}, got {chord!r}")
         self.chord = chord
         self.final_gradient = bool(final_gradient)
-        self._refresh = True
 
     def _start(self, ctx: _Context, x0: Tensor) -> dict[str, Any]:
         if x0.shape[1:] != self.mask.shape:
@@ -156,7 +155,6 @@ class ConditionedDRGD(Solver):
         cot = torch.zeros(lead + n_pin, b, d, dtype=x0.dtype, device=x0.device)
         slots = torch.arange(lead, lead + n_pin, device=x0.device)
         cot[slots, :, index] = 1.0
-        self._refresh = True  # the first evaluation of a run always computes the rows
         # Chord iterations: Eᵀμ rides with ∇f (and the momentum); the Eᵀλ go in a second pass.
         # ("reused": the rows' own products, as in the refreshing iterations.)
         chord = (torch.zeros(lead + 1, b, d, dtype=x0.dtype, device=x0.device)
@@ -226,10 +224,10 @@ class ConditionedDRGD(Solver):
             return p, ev.cost, torch.full_like(p, torch.nan), None
         n_pin, d = idx.numel(), p[0].numel()
         lead = 2 if self.momentum else 1
-        # The last iteration's step is never taken: its rows are only for the reported
-        # gradient, and the previous ones serve (when there are any).
-        fresh = self._refresh and not (k == self.max_iterations and state["rows"] is not None)
-        self._refresh = (k + 1) % self.jacobian_every == 0
+        # The rows are computed at the iterations of kind 1 (every jacobian_every-th, not the
+        # last: its step is never taken, and the previous rows serve for its reported
+        # gradient), and whenever there are none yet.
+        fresh = bool(self._iteration_kind(k)) or state["rows"] is None
         pf = p.reshape(b, d)
         if n_pin and not fresh and state["chord"] is not None:
             t_c, moved, correction = self._chord(ev, state, pf[:, idx] - state["target"], lead)

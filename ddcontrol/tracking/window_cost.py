@@ -140,7 +140,6 @@ class FramedWindowCost:
         self._lip_factor = symmetry.gain(normalizer) ** 2
         self.t_ini, self.m = cost.t_ini, cost.m
         self.past_length = self.t_ini
-        self._affine_key: Any = None
         self.set_frame(None)
 
     @property
@@ -169,6 +168,7 @@ class FramedWindowCost:
         out = torch.as_tensor(out, dtype=mean.dtype, device=mean.device)
         self._offset = out[..., :1, :]  # (..., 1, C)
         self._matrix = out[..., 1:, :] - self._offset  # (..., C, C): row j is the image of e_j
+        self._affine_key: Any = None
 
     def to_world(self, x: Tensor) -> Tensor:
         """Normalised canonical windows (B, L, C) → normalised world windows."""
@@ -184,12 +184,12 @@ class FramedWindowCost:
     def value_and_egrad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Cost (B,) and gradient w.r.t. the canonical window in one evaluation: the frame map
         composed with the world cost's affine residuals (:func:`_affine_quadratic`)."""
-        a, b = self.cost.affine()
-        key = (self._matrix, a, b)
-        if self._affine_key is None or any(p is not q for p, q in zip(self._affine_key, key)):
+        world = self.cost.affine()  # the same object until the reference moves
+        if self._affine_key is not world:  # (set_frame resets the key)
             # x_t M + o in normalised world units, then the world cost's x_t A + b.
+            a, b = world
             self._affine = (self._matrix @ a, self._offset @ a + b)
-            self._affine_key = key
+            self._affine_key = world
         return _affine_quadratic(x, self.t_ini, *self._affine, self.cost.weight)
 
     def lipschitz(self) -> float:

@@ -411,10 +411,12 @@ class RecedingHorizonPolicy(Controller):
                 state.first_plan = self._solve(request, max_time=self._step_budget,
                                                start_t=start_t, confidence="none")
             return self.rules.warmup_input.copy()
-        later = self.rules.on_ood in ("warn", "escalate")
+        # Rated in the background (its input does not depend on the rating) where there is a
+        # rating at all.
+        later = self.rules.on_ood in ("warn", "escalate") and self.trust is not None
         plan = self._solve(request, max_time=self._step_budget, start_t=start_t,
                            confidence="later" if later else "now")
-        if later and self.trust is not None:
+        if later:
             self._rate_later(request.k, plan)
         self.rules.remember(state, plan)
         self.last_plan = plan

@@ -538,7 +538,8 @@ class DenoisingTracker(RecedingHorizonPolicy):
         """:meth:`plan` from a physical measured block (T_ini + 1, C) in which entries not
         measured (yet) are NaN: the receding-horizon warm-up plans before T_ini samples exist.
         ``confidence``: the trust estimate ``"now"``, ``"later"`` (left to the caller, which
-        runs it in the background) or ``"none"`` (plans never applied)."""
+        runs it and the manifold distance in the background: :meth:`_background_job`) or
+        ``"none"`` (plans never applied)."""
         frame = (self.symmetry.identity_element() if frame is None
                  else np.asarray(frame, dtype=float).reshape(self.symmetry.group_dim))
         measured, frame = normalise_block(self.symmetry, self.normalizer, block, frame,
@@ -574,8 +575,7 @@ class DenoisingTracker(RecedingHorizonPolicy):
             best = int(torch.argmin(torch.nan_to_num(result.cost, nan=torch.inf)))
             x = result.point[best:best + 1]
             # A step rated in the background gets its distance there (_background_job).
-            dist = (math.nan if confidence == "later" and self.trust is not None
-                    else float(self.manifold.dist(x)[0]))
+            dist = math.nan if confidence == "later" else float(self.manifold.dist(x)[0])
             initial_cost = float(self.cost(x0[best:best + 1])[0])
         if refine and self.refine_iterations:
             x = self.refinement(x, measured)

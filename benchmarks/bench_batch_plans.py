@@ -92,6 +92,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_closed_loop_suite import model_folder  # noqa: E402
 
 from ddcontrol._io import atomic_write  # noqa: E402
 from ddcontrol.data import TrajectoryDataset  # noqa: E402
@@ -110,7 +113,8 @@ SYSTEMS: dict[str, dict[str, Any]] = {
                      references=[("figure-eight", {}), ("circle", {}),
                                  ("random", {"seed": 3, "channels": (0, 1), "amplitude": 4.0,
                                              "max_cycles": 1.5})]),
-    "msd": dict(env="ddcontrol/MassSpringDamper-v0", model="msd-s0-4000",
+    # The suite's current model (its folder names the system's training options).
+    "msd": dict(env="ddcontrol/MassSpringDamper-v0", model=model_folder("msd", 0, 4000).name,
                 data="msd-s0-data.npz",
                 references=[("random", {"seed": 1}), ("random", {"seed": 2}),
                             ("sine", {"amplitude": 1.0})]),

@@ -181,6 +181,12 @@ def variants(case: dict[str, Any], before: ModuleType | None, iterations: int
     # The tracker's warm receding-horizon solves: the rows reused too, no last VJP.
     out["after_chord5_reused"] = solve(ConditionedDRGD, jacobian_every=5, chord="reused",
                                        final_gradient=False)
+    # The pinned rows' products in bfloat16 (the tracker's row_dtype="auto" on a CPU with
+    # native bfloat16 products): every iteration exact, and the warm solves' setting.
+    out["after_rows_bf16"] = solve(ConditionedDRGD, row_dtype=torch.bfloat16)
+    out["after_chord5_reused_rows_bf16"] = solve(
+        ConditionedDRGD, jacobian_every=5, chord="reused", final_gradient=False,
+        row_dtype=torch.bfloat16)
     return out
 
 
@@ -256,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if before is not None:
                 p_before, p_after = fns["before"]().point, fns["after"]().point
                 row["max_abs_diff_before_after"] = float((p_before - p_after).abs().max())
-            for name in ("after_chord5", "after_chord5_reused"):
+            for name in ("after_chord5", "after_chord5_reused", "after_rows_bf16",
+                         "after_chord5_reused_rows_bf16"):
                 row[f"max_abs_diff_{name}"] = float(
                     (fns[name]().point - fns["after"]().point).abs().max())
             if batch == 1:
@@ -272,7 +279,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"after {r['after']:.1f}x (in one product {r['after_one_product']:.1f}x), "
                   f"chord5 {r['after_chord5']:.2f}x, "
                   f"chord10 {r['after_chord10']:.2f}x, "
-                  f"chord5 reused {r['after_chord5_reused']:.2f}x", flush=True)
+                  f"chord5 reused {r['after_chord5_reused']:.2f}x; rows in bfloat16: "
+                  f"exact {r['after_rows_bf16']:.2f}x, chord5 reused "
+                  f"{r['after_chord5_reused_rows_bf16']:.2f}x", flush=True)
     result = {"benchmark": "conditioned iteration vs bare forward+backward",
               "command": "OMP_NUM_THREADS=1 python benchmarks/bench_iteration.py"
                          + (" --quick" if args.quick else ""),

@@ -112,3 +112,32 @@ def test_unet_has_no_explicit_path() -> None:
                                          "emb_dim": 8}})
     assert den.linearize(torch.randn(1, 8, 2), 0.1) is None
     assert isinstance(BehaviorManifold(den, 0.1).linearize(torch.randn(1, 8, 2)), Linearization)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_rows_equal_the_vjps_of_unit_cotangents(batch: int, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    """The Jacobian's rows at scattered coordinates, computed from gathers of the output and
+    skip layers, equal the VJPs of the unit cotangents: exactly in the network's dtype (also
+    split into chunks of rows), and to bfloat16's rounding of the hidden layers' products."""
+    import ddcontrol.score.frozen as frozen_module
+
+    den = make()
+    x = torch.randn(batch, 6, 3, dtype=torch.float64)
+    lin = den.linearize(x, 0.2)
+    index = torch.tensor([0, 4, 5, 11, 17])
+    cot = torch.zeros(index.numel(), batch, 18, dtype=torch.float64)
+    cot[torch.arange(index.numel()), :, index] = 1.0
+    ref = lin.vjps(cot.reshape(-1, batch, 6, 3))
+    rows = lin.rows(index)
+    assert rows.shape == (index.numel(), batch, 6, 3) and rows.dtype == torch.float64
+    torch.testing.assert_close(rows, ref, rtol=0, atol=1e-12)
+    monkeypatch.setattr(frozen_module, "VJP_ROWS", 2 * batch)  # chunks of 2 rows, one of 1
+    torch.testing.assert_close(lin.rows(index), ref, rtol=0, atol=1e-12)
+    low = lin.rows(index, torch.bfloat16)
+    assert low.dtype == torch.float64
+    # The identity part (c_skip on the diagonal) is exact; the network part is within
+    # bfloat16's relative precision (2^-8) of its own size.
+    network = ref - den.frozen(0.2).c_skip * cot.reshape(ref.shape)
+    err = (low - ref).abs().max()
+    assert 0 < err <= 2 ** -7 * network.abs().max()

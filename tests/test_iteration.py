@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddcontrol.errors import DimensionError
+from ddcontrol.errors import DimensionError, UnknownNameError
 from ddcontrol.manifold import BehaviorManifold, Linearization
 from ddcontrol.score import EmpiricalDenoiser, LinearGaussianDenoiser
 from ddcontrol.solvers import Problem
@@ -283,3 +283,57 @@ def test_final_gradient_off_skips_the_last_backward_pass_only(monkeypatch):
     np.testing.assert_array_equal(short.history["rgrad_norm"][:-1], full.history["rgrad_norm"][:-1])
     assert np.isnan(short.history["rgrad_norm"][-1]).all()
     assert np.isfinite(full.history["rgrad_norm"]).all()
+
+
+def test_rows_in_bfloat16_reach_the_exact_rows_fixed_point(monkeypatch):
+    """A trained-network-like denoiser with explicit rows: the pinned rows' products in
+    bfloat16 perturb only the directions, so the iterates stay within bfloat16's rounding of
+    the exact ones and the pinned coordinates still land on their values; below ROWS_MIN rows
+    they ride with the gradient's pass in the network's dtype (the same iterates); 'auto'
+    resolves to the machine's fast dtype, and an unknown value is rejected."""
+    import ddcontrol.solvers.conditioned as conditioned_module
+    from ddcontrol.score.checkpoint import build_denoiser
+    from ddcontrol.solvers.conditioned import fast_row_dtype
+
+    torch.manual_seed(0)
+    den = build_denoiser({"arch": "mlp", "window_length": L, "input_dim": 1, "output_dim": 1,
+                          "sigma_data": 1.0, "net_kwargs": {"width": 32, "depth": 2}})
+    for layer in den.modules():
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=0.5 / layer.in_features ** 0.5)
+    den.eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(3)
+    target = torch.randn(L, C, generator=g)
+    mask = torch.zeros(L, C, dtype=torch.bool)
+    mask[:2] = True
+    values = 0.3 * torch.randn(L, C, generator=g)
+    problem = Problem(BehaviorManifold(den, 0.1), lambda x: ((x - target) ** 2).sum(dim=(1, 2)),
+                      lambda x: 2 * (x - target))
+    x0 = 0.3 * torch.randn(3, L, C, generator=g)
+
+    def solve(row_dtype, damping=0.05):
+        return ConditionedDRGD(mask, values, step_size=0.2, momentum=0.9, damping=damping,
+                               max_step=0.5, row_dtype=row_dtype, max_iterations=40,
+                               min_gradient_norm=0.0).run(problem, initial_point=x0)
+
+    exact, low = solve(None), solve(torch.bfloat16)
+    assert mask.sum() * x0.shape[0] < conditioned_module.ROWS_MIN
+    torch.testing.assert_close(low.point, exact.point, rtol=0, atol=0)  # 12 rows: no own pass
+    monkeypatch.setattr(conditioned_module, "ROWS_MIN", 1)
+    explicit, low = solve(None), solve(torch.bfloat16)
+    torch.testing.assert_close(explicit.point, exact.point, rtol=0, atol=1e-5)
+    assert float((exact.point - x0).abs().max()) > 0.1  # it moved
+    assert float((low.point - exact.point).abs().max()) < 1e-2
+    assert float((low.point[:, mask] - values[mask]).abs().max()) < 1e-2
+    assert float((low.point - exact.point).abs().max()) > 0  # the bfloat16 path did run
+    expected = fast_row_dtype("cpu")
+    assert expected in (None, torch.bfloat16)
+    torch.testing.assert_close(solve("auto").point, solve(expected).point, rtol=0, atol=0)
+    # Below AUTO_ROW_DAMPING (a lightly damped solve amplifies the rounding) and in float64,
+    # "auto" keeps the network's dtype.
+    light = conditioned_module.AUTO_ROW_DAMPING / 5
+    torch.testing.assert_close(solve("auto", light).point, solve(None, light).point, rtol=0,
+                               atol=0)
+    assert float((solve(torch.bfloat16, light).point - solve(None, light).point).abs().max()) > 0
+    with pytest.raises(UnknownNameError):
+        ConditionedDRGD(mask, values, row_dtype="half-ish")

@@ -94,6 +94,15 @@ def test_settings_are_one_checked_record_read_through_the_tracker(msd):
         dataclasses.replace(tr.config, iterations=0)
     with pytest.raises(UnknownNameError):
         TrackerConfig(on_ood="ignore")
+    # The pinned rows' precision: "auto" by default, a dtype also by name (command line, JSON).
+    assert tr.row_dtype == "auto"
+    assert TrackerConfig(row_dtype="bfloat16").row_dtype is torch.bfloat16
+    assert TrackerConfig(row_dtype=None).row_dtype is None
+    for bad in ("bf16-ish", "int32", torch.int64, 16):
+        with pytest.raises(UnknownNameError, match="row_dtype"):
+            TrackerConfig(row_dtype=bad)
+    solver = make(msd, row_dtype="float64").solvers.pinned(None, True, {"max_iterations": 2})
+    assert solver.row_dtype is torch.float64
     with pytest.raises(UnknownNameError):
         make_conditioning("hope", 1.0)
 

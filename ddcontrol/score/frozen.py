@@ -161,6 +161,53 @@ class FrozenResidualMLP:
         return gx
 
 
+    def rows(self, slopes: list[Tensor], index: Tensor, dtype: torch.dtype | None = None
+             ) -> Tensor:
+        """The Jacobian's rows e_iᵀ v'(x) at the flattened coordinates ``index`` (k,): (k, B, d).
+
+        The VJPs of the unit cotangents e_i, without their arithmetic on zeros: the output layer
+        and the skips are gathers of one row each, so only the hidden layers and the input layer
+        are matrix products. ``dtype`` (e.g. ``torch.bfloat16``) is the precision of those
+        products' operands (accumulated in float32 by the BLAS, elementwise work in the network's
+        dtype); the network's own by default. On CPUs with native bfloat16 products (AVX512-BF16,
+        AMX) and on CUDA they run 2-4.5x faster than float32 at 40-2,560 rows, with a relative
+        error of about 2⁻⁸ in each row: enough for a chord method's Jacobian (see
+        :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`'s ``row_dtype``).
+        """
+        b, d = slopes[-1].shape[0], self.w_out.shape[0]
+        k = index.numel()
+        low = self.dtype if dtype is None else dtype
+        w_in, blocks = self._low(low)
+        out = torch.empty(k, b, d, dtype=self.dtype, device=self.device)
+        chunk = max(1, VJP_ROWS // b)
+        last = self.c_out * slopes[-1]
+        for start in range(0, k, chunk):
+            idx = index[start:start + chunk]
+            n = idx.numel()
+            g = (self.w_out[idx].unsqueeze(1) * last).view(n * b, -1)  # (n B, W)
+            for j in range(len(blocks) - 1, -1, -1):
+                w1, w2 = blocks[j]
+                gz = ((g.to(low) @ w2).to(self.dtype).view(n, b, -1) * slopes[2 * j + 1])
+                g = g + ((gz.view(n * b, -1).to(low) @ w1).to(self.dtype).view(n, b, -1)
+                         * slopes[2 * j]).view(n * b, -1)
+            gx = (g.to(low) @ w_in).to(self.dtype).view(n, b, d).mul_(self.c_in)
+            if self.w_skip is not None:
+                gx += self.skip_scale * self.w_skip[idx].unsqueeze(1)
+            gx[torch.arange(n, device=gx.device), :, idx] += self.c_skip
+            out[start:start + n] = gx
+        return out
+
+    def _low(self, dtype: torch.dtype) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The input layer's and the blocks' matrices in ``dtype`` (copies made once)."""
+        if dtype == self.dtype:
+            return self.w_in, [(w1, w2) for w1, _, w2, _ in self.blocks]
+        cache = self.__dict__.setdefault("_low_cache", {})
+        if dtype not in cache:
+            cache[dtype] = (self.w_in.to(dtype),
+                            [(w1.to(dtype), w2.to(dtype)) for w1, _, w2, _ in self.blocks])
+        return cache[dtype]
+
+
 class ExplicitLinearization:
     """The :class:`~ddcontrol.manifold.Linearization` interface for a frozen residual MLP:
     ``point`` is v(x), :meth:`vjp` / :meth:`vjps` are v'(x)ᵀu by the hand-written chain rule
@@ -191,3 +238,10 @@ class ExplicitLinearization:
             raise DimensionError(f"cotangents must have shape (n, *{tuple(self.output.shape)}), "
                                  f"got {tuple(u.shape)}")
         return self._frozen.vjp(self._slopes, u)
+
+    def rows(self, index: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The Jacobian's rows e_iᵀ v'(x) at the flattened coordinates ``index`` (k,), shape
+        (k, *x.shape); ``dtype``: the precision of the products (see
+        :meth:`FrozenResidualMLP.rows`)."""
+        out = self._frozen.rows(self._slopes, index, dtype)
+        return out.reshape(index.numel(), *self.x.shape).to(self.x.dtype)

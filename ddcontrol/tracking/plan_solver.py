@@ -123,7 +123,8 @@ class PlanSolvers:
                                momentum=0.0 if cfg.solver == "drgd" else 0.9,
                                damping=cfg.damping, max_step=cfg.max_step,
                                jacobian_every=cfg.jacobian_every if warm else 1,
-                               chord="reused", final_gradient=not warm, **common)
+                               chord="reused", final_gradient=not warm,
+                               row_dtype=cfg.row_dtype, **common)
 
     def unpinned(self, name: str, common: dict[str, Any]) -> Solver:
         """DRGD, heavy-ball DRGD or DLF on the conditioning's cost and bounds."""

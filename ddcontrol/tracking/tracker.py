@@ -189,6 +189,12 @@ class DenoisingTracker(RecedingHorizonPolicy):
         directions; the rows reused too: 0.9992-1.0013x that over 9 runs); on the double pendulum
         (32 pinned, σ 0.1) it raised the closed-loop cost from 1.04x to 1.66x the oracle's, so
         the system defaults (:mod:`~ddcontrol.tracking.defaults`) set it per system.
+    row_dtype : "auto" | torch.dtype | None
+        Precision of the products that compute the pinned coordinates' Jacobian rows (their
+        network part; the gradient's VJP stays in ``dtype``): "auto" (default) bfloat16 where
+        its products are native (CPUs with AVX512-BF16 or AMX, CUDA from compute capability
+        8.0), else the network's dtype; None the network's dtype; or a dtype (also by name,
+        "bfloat16"). See ``row_dtype`` of :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`.
     step_time_budget : float, optional
         Seconds a receding-horizon solve (:meth:`act`) may take: the solver stops at the first
         iteration past it, and the next step continues from that plan (real-time iteration).
@@ -272,6 +278,7 @@ class DenoisingTracker(RecedingHorizonPolicy):
     refine_sigma = _Setting()
     refine_damping = _Setting()
     jacobian_every = _Setting()
+    row_dtype = _Setting()
     step_time_budget = _Setting()
     damping = _Setting()
     max_step = _Setting()
@@ -288,7 +295,8 @@ class DenoisingTracker(RecedingHorizonPolicy):
                  penalty_weight: float = 100.0, num_starts: int = 1,
                  warmup_input: np.ndarray | None = None, refine_iterations: int = 8,
                  refine_sigma: float | None = None, refine_damping: float = 1e-3,
-                 jacobian_every: int = 1, step_time_budget: float | None = None,
+                 jacobian_every: int = 1, row_dtype: Any = "auto",
+                 step_time_budget: float | None = None,
                  damping: float = 0.05, max_step: float | None = 0.5,
                  symmetry: WindowSymmetry | None = None,
                  trust: Any = None, on_ood: str = "warn", fallback: Any = None,
@@ -310,7 +318,7 @@ class DenoisingTracker(RecedingHorizonPolicy):
             iterations_per_step=iterations_per_step, conditioning=conditioning,
             penalty_weight=penalty_weight, num_starts=num_starts,
             refine_iterations=refine_iterations, refine_sigma=refine_sigma,
-            refine_damping=refine_damping, jacobian_every=jacobian_every,
+            refine_damping=refine_damping, jacobian_every=jacobian_every, row_dtype=row_dtype,
             step_time_budget=step_time_budget, damping=damping, max_step=max_step,
             on_ood=on_ood, escalate_sigma=escalate_sigma)
         self.denoiser, self.normalizer, self.problem = denoiser, normalizer, problem

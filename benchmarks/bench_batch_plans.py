@@ -32,47 +32,46 @@ thread; about 110-170 s)::
 writes ``benchmarks/results/batch_plans.json``. Recorded, plans per CPU second (speedup over
 sequential); one start per plan (``num_starts=1``; the system defaults' 8 cold starts would
 multiply every cold batch by 8); warm plans take the system's ``iterations_per_step`` (5 on the
-unicycle, 20 on the msd); the VJPs of the pinned rows in chunks of at most 512 rows per matrix
-product (:data:`ddcontrol.score.frozen.VJP_ROWS`)::
+unicycle, 20 on the msd); the tracker's default ``row_dtype="auto"``: from 128 pinned rows
+(coordinates x batch) on, the rows' hidden-layer products in bfloat16 on this CPU (AVX512-BF16)
+where the damping is at least 0.05 (the unicycle; the msd's 0.01 keeps float32)::
 
     system    mode     iters  sequential  K=1          K=16          K=64          K=256
-    unicycle  cold      30      6.0      7.3 (1.2x)   21.9 (3.6x)   27.5 (4.6x)   30.3 (5.0x)
-    unicycle  warm       5     53.5     48.2 (0.9x)  140.1 (2.6x)  161.4 (3.0x)  174.2 (3.3x)
-    unicycle  warm_j5    5     69.8     69.1 (1.0x)  289.5 (4.1x)  383.9 (5.5x)  453.4 (6.5x)
-    msd       cold      30     19.5     18.4 (0.9x)  102.5 (5.3x)  126.6 (6.5x)  138.0 (7.1x)
-    msd       warm      20     30.8     30.1 (1.0x)  152.3 (4.9x)  189.9 (6.2x)  213.9 (6.9x)
-    msd       warm_j5   20     36.0     36.3 (1.0x)  229.1 (6.4x)  375.4 (10.4x) 440.3 (12.2x)
+    unicycle  cold      30      6.4      6.4 (1.0x)   51.3 (8.0x)   65.7 (10.2x)  74.8 (11.6x)
+    unicycle  warm       5     63.5     52.5 (0.8x)  231.0 (3.6x)  298.3 (4.7x)  321.1 (5.1x)
+    unicycle  warm_j5    5     77.8    105.5 (1.4x)  451.2 (5.8x)  582.2 (7.5x)  611.8 (7.9x)
+    msd       cold      30     25.6     21.5 (0.8x)   94.0 (3.7x)  126.3 (4.9x)  143.5 (5.6x)
+    msd       warm      20     45.4     38.6 (0.9x)  151.1 (3.3x)  217.6 (4.8x)  211.5 (4.7x)
+    msd       warm_j5   20     79.1     74.4 (0.9x)  357.5 (4.5x)  483.6 (6.1x)  583.6 (7.4x)
 
-(unicycle: 30,000 candidates, 40 pinned coordinates, auto σ 0.3; msd: 11,000 and 11, auto σ
-0.2; solver "nesterov". The sequential rate is the faster of two runs of 16 plans, and the
-speedups scatter with it by about a fifth between runs.) The recording before, at K = 64:
-unicycle 23.6 / 140 / 259 plans/s (5.4x / 4.3x / 6.8x), msd 92.6 / 156 / 226 (6.7x / 7.3x /
-10.1x). Cheaper iterations since (the chord iterations' one backward pass, the tracking cost and
-its gradient in one affine evaluation, no VJP at a warm plan's last iterate) raised every rate,
-single plans most (unicycle warm_j5 37.9 → 69.8, msd warm 21.4 → 30.8), so every ratio but the
-msd warm_j5's fell. Before that, two changes of an earlier session moved the figures.
-First, the confidence estimate's nearest training snippets had taken a third to
-a half of a batched warm plan's time: the distances of all K plans' snippets to the 20,000
-training snippets were one matrix of up to 2,624 x 20,000 that left the cache before its
-minimum was taken; computed a block of queries at a time (:data:`ddcontrol.trust.NEAREST_TILE`)
-the batched rates at K = 64 rose from 91.5 to 227 plans/s (unicycle, warm_j5), 66 to 95
-(unicycle, warm), 137.7 to 220 (msd, warm_j5), 68 to 122 (msd, warm) and 82 to 97 (msd, cold),
-and the speedups to 6.2-8.2x (unicycle) and 7.6-13.0x (msd; 8.7-13.3x in a second run). Then
-the σ-frozen network's passes lost three of their five elementwise operations per layer (fused
-silu and slope): this cuts per-call overhead, which single plans pay most, so the sequential
-rates rose by a third and the speedups fell to those above, while every batched rate but the
-msd cold one rose again. The issue's target, 10x the sequential rate at K = 64 on a CPU, is
-reached on the mass-spring-damper's ``jacobian_every=5`` plans only (10.1x), not on its cold
-and every-iteration-exact warm plans (6.7x, 7.3x: its default) nor on the unicycle (4.3-6.8x;
-its default, warm_j5, 6.8x): a conditioned iteration is bound by the VJPs of the pinned
-coordinates' Jacobian rows, K · (k + 2) backward rows for k pinned coordinates (40 on the
-unicycle), and one plan already fills the core with its k + 2 rows, so batching gains what the
-per-call overhead, the small forward, the cold-start search and the confidence estimate cost;
-the cheaper that overhead, the less there is to gain. Batched == sequential to float32
-round-off (the msd's conditioned solve amplifies round-off: inputs up to 9e-3 apart and costs
-1.5 % on one warm_j5 plan); in float64 every mode agrees to 5e-12 or better, so the float32
-gaps are round-off, not a difference of the computations. ``--device cuda`` runs the same on a
-GPU (not measured: no device was available).
+(unicycle: ``unicycle-s0-8000``, 30,000 candidates, 40 pinned coordinates, auto σ 0.3; msd:
+the suite's current model, trained with the system's options (noise levels 0.015-0.5;
+``msd-s0-4000-sigma_max0.5-sigma_min0.015``), 11,000 candidates and 11 pinned, auto σ 0.2;
+solver "nesterov". The sequential rate is the faster of two runs of 16 plans, and it scatters
+between runs by a quarter or more: a run minutes before gave the unicycle 7.5 / 59.1 / 109.5
+and the msd 33.8 / 49.2 / 47.8, hence speedups of 9.7x / 5.4x / 5.4x and 7.1x / 6.9x / 11.5x.)
+
+The recording before (the msd's earlier model ``msd-s0-4000``, trained before the system's own
+options; no bfloat16 rows), at K = 64: unicycle 27.5 / 161 / 384 plans/s (4.6x / 3.0x / 5.5x),
+msd 127 / 190 / 375 (6.5x / 6.2x / 10.4x). The unicycle's batched rates rose 1.5-2.4x with
+the rows in bfloat16 (on their own 3.5x faster at 2,560 rows; ``bench_iteration.py``); single
+plans, whose 40 rows ride with the gradient's pass, did not change. On the msd, bfloat16 rows
+moved single plans' costs by up to 30 % (damping 0.01 amplifies their rounding up to 50x), which
+is why ``"auto"`` keeps float32 there; its batched == sequential gap is back to round-off
+(2e-3 of one warm_j5 plan's cost). Earlier sessions' changes, for the history: computing the
+nearest training snippets of the confidence estimate a block of queries at a time
+(:data:`ddcontrol.trust.NEAREST_TILE`) lifted the batched rates 1.2-2.5x; the fused silu of the
+σ-frozen network and the chord iterations' one backward pass made single plans cheaper, which
+lowers the ratios. The issue's target, 10x the sequential rate at K = 64 on a CPU, is reached by
+the unicycle's cold plans (9.7-10.2x in two runs), not by its warm plans (4.7-7.5x) nor the
+msd's (4.8-11.5x across two runs, the msd's jacobian_every=5 plans only in one of them): a batch
+of 64 warm unicycle plans spends about 55 % of its time in the solver and 40 % in the confidence
+estimate's nearest-snippet search (64 x 43 snippets against 20,000), which one plan's 43
+snippets already do at full speed, so batching gains little there. Batched == sequential to
+float32 round-off on the msd; on the unicycle the batched plans use bfloat16 rows and single
+plans float32 ones: inputs within 8e-3 (of 10) and costs within 0.05 %; in float64 (where
+``"auto"`` keeps float64) every mode agrees to 5e-12 or better. ``--device cuda`` runs the same
+on a GPU (not measured: no device was available).
 """
 
 from __future__ import annotations

@@ -28,6 +28,12 @@ repetition so that they share the machine's load):
 * ``after_chord5_reused``: the tracker's warm receding-horizon solves: ``jacobian_every=5`` with
   the rows reused too (``chord="reused"``: one backward pass over ∇f and the momentum) and no VJP
   at the last iterate (``final_gradient=False``); ``max_abs_diff_after_chord5_reused``.
+* ``after_rows_bf16`` / ``after_chord5_reused_rows_bf16``: ``after`` and ``after_chord5_reused``
+  with the pinned rows' hidden-layer products in bfloat16 (``row_dtype=torch.bfloat16``; the
+  tracker's ``row_dtype="auto"`` on a CPU with native bfloat16 products and damping >= 0.05).
+  From 128 rows (k x batch) on the rows take a pass of their own, the output and skip layers as
+  gathers; below, they ride with the gradient's backward pass whatever the dtype, so at batch 1
+  these equal ``after`` and ``after_chord5_reused`` up to timing noise.
 
 At batch 1 the pass the tracker's solver makes (the σ-frozen network's forward with its slopes
 and one VJP of 3 cotangents, :mod:`ddcontrol.score.frozen`; no autograd) is also timed after an

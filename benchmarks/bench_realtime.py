@@ -22,6 +22,7 @@ measure the machine as well as the code: the JSON records the load average at st
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -46,6 +47,18 @@ RESULTS = Path(__file__).parent / "results"
 TRAIN_STEPS = {"msd": 4000, "coupled": 4000, "pendulum": 8000, "unicycle": 8000}
 
 
+def _steal_s() -> float:
+    """CPU time stolen from this virtual machine by its hypervisor so far, all cores (s; 0
+    where ``/proc/stat`` does not exist): in a VM it counts as the running thread's CPU time, so
+    a step's thread CPU alone cannot tell computing from being descheduled."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool,
             paced: bool = False, fraction: float | None = None) -> dict[str, Any]:
     """A closed loop of the tracker with the defaults (``budget``; ``fraction``: a per-step
@@ -62,16 +75,47 @@ def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool,
     factory = partial(make_controller, "denoising", env, ref, d.Q, d.R, horizon=d.horizon,
                       data=data, model=model, t_ini=d.t_ini, options=opts)
     holder: dict[str, Any] = {}
+    cpu: list[float] = []  # this thread's CPU time of every act()
+    steal: list[float] = []  # seconds the hypervisor ran others on this VM's cores, per act()
 
     def build() -> Any:
-        holder["tracker"] = factory()
-        return holder["tracker"]
+        tracker = holder["tracker"] = factory()
+        act = tracker.act
 
-    res = compare(env, {"denoising": build}, ref, Q=d.Q, R=d.R, score_from=d.t_ini,
-                  seeds=[seed], progress=False, paced=paced)
+        def timed(*a: Any, **k: Any) -> Any:
+            c0, s0 = time.thread_time(), _steal_s()
+            try:
+                return act(*a, **k)
+            finally:
+                cpu.append(time.thread_time() - c0)
+                steal.append(_steal_s() - s0)
+
+        tracker.act = timed
+        return tracker
+
+    # Full collections of Python's cyclic garbage collector (which traverses every object of
+    # the process: about 0.15 s with torch loaded) during the episode.
+    full_gc: list[float] = []
+    started: dict[str, float] = {}
+
+    def gc_watch(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+        elif info["generation"] == 2:
+            full_gc.append(time.perf_counter() - started["t"])
+
+    gc.callbacks.append(gc_watch)
+    try:
+        res = compare(env, {"denoising": build}, ref, Q=d.Q, R=d.R, score_from=d.t_ini,
+                      seeds=[seed], progress=False, paced=paced)
+    finally:
+        gc.callbacks.remove(gc_watch)
     episode, row = res.episodes["denoising"][0], res.rows[0]
     times = np.asarray(episode.solve_times) * 1e3
     control = times[d.t_ini:]  # the planned steps (the warm-up steps refine the first plan)
+    # The slowest step's own CPU time: far below its wall time, the step waited (the machine,
+    # the collector, the background estimate's thread) rather than computed.
+    slowest = int(np.argmax(control)) + d.t_ini
     tracker = holder["tracker"]
     return {"system": system, "reference": _label(name, dict(params)), "seed": seed,
             "budgeted": budget, "dt_ms": ref.dt * 1e3,
@@ -81,6 +125,13 @@ def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool,
             "step_p50_ms": float(np.percentile(control, 50)),
             "step_p95_ms": float(np.percentile(control, 95)),
             "step_max_ms": float(control.max()),
+            "step_max_thread_cpu_ms": float(cpu[slowest] * 1e3) if len(cpu) == len(times)
+            else None,
+            "step_max_steal_ms": float(steal[slowest] * 1e3) if len(steal) == len(times)
+            else None,
+            "steps_over_dt": int((control > ref.dt * 1e3).sum()),
+            "full_gc_collections": len(full_gc),
+            "full_gc_max_ms": float(max(full_gc) * 1e3) if full_gc else 0.0,
             "first_step_ms": float(control[0]), "warmup_max_ms": float(times[:d.t_ini].max())
             if d.t_ini else 0.0, "reset_s": float(tracker.reset_time_s),
             "ood_steps": row.get("ood_steps")}
@@ -121,7 +172,10 @@ def main() -> None:
                     q = pair[budget]
                     print(f"{system} {q['reference']} s{seed} {'budget' if budget else 'iters'}: "
                           f"step p50/p95/max {q['step_p50_ms']:.1f}/{q['step_p95_ms']:.1f}/"
-                          f"{q['step_max_ms']:.1f} ms (dt {q['dt_ms']:.0f}), first "
+                          f"{q['step_max_ms']:.1f} ms (its CPU "
+                          f"{q['step_max_thread_cpu_ms'] or float('nan'):.1f}, stolen "
+                          f"{q['step_max_steal_ms'] or 0.0:.0f}; dt "
+                          f"{q['dt_ms']:.0f}; full GCs {q['full_gc_collections']}), first "
                           f"{q['first_step_ms']:.1f} ms, reset {q['reset_s']:.2f} s, cost "
                           f"{q['total_cost']:.4g} ({time.perf_counter() - t0:.0f} s)", flush=True)
                 ratio = pair[True]["total_cost"] / pair[False]["total_cost"]

@@ -41,6 +41,13 @@ def _silu_and_slope(h: Tensor, ones: Tensor) -> tuple[Tensor, Tensor]:
     return F.silu(h), torch.ops.aten.silu_backward(ones, h)
 
 
+def _times(g: Tensor, slope: Tensor, n: int, b: int) -> Tensor:
+    """(n B, W) ⊙ (B, W), the slope broadcast over the n cotangents of each batch element."""
+    if b == 1:  # one plan: the rows broadcast as they are
+        return g * slope
+    return (g.view(n, b, -1) * slope).view(n * b, -1)
+
+
 class FrozenResidualMLP:
     """``BehaviorDenoiser(ResidualMLP)`` evaluated at one noise level σ (a float).
 
@@ -144,22 +151,28 @@ class FrozenResidualMLP:
     def _vjp_rows(self, slopes: list[Tensor], uf: Tensor, n: int, b: int) -> Tensor:
         """v'(x)ᵀ of n cotangents flattened to rows ``uf`` (n B, d), in the network's dtype:
         one matrix product per layer for all of them."""
-
-        def times(g: Tensor, slope: Tensor) -> Tensor:  # (n B, W) ⊙ (B, W) broadcast over n
-            if b == 1:  # one plan: the rows broadcast as they are
-                return g * slope
-            return (g.view(n, b, -1) * slope).view(n * b, -1)
-
-        g = times(uf @ self.w_out, self.c_out * slopes[-1])  # w.r.t. the last hidden state
-        for k in range(len(self.blocks) - 1, -1, -1):
-            w1, _, w2, _ = self.blocks[k]
-            gz = times(g @ w2, slopes[2 * k + 1])
-            g = g + times(gz @ w1, slopes[2 * k])
+        last = _times(uf @ self.w_out, self.c_out * slopes[-1], n, b)  # the last hidden state
+        g = self._blocks_back(last, slopes, n, b, self._low(self.dtype)[1])
         gx = torch.addmm(uf, g, self.w_in, beta=self.c_skip, alpha=self.c_in)
         if self.w_skip is not None:
             gx = torch.addmm(gx, uf, self.w_skip, alpha=self.skip_scale)
         return gx
 
+    @staticmethod
+    def _blocks_back(g: Tensor, slopes: list[Tensor], n: int, b: int,
+                     blocks: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Cotangents ``g`` (n B, W) of the last hidden state carried back through the residual
+        blocks to the first one. ``blocks``: each block's (W1, W2) in the products' dtype; the
+        operands are cast to it and the results back, the elementwise work stays in g's."""
+
+        def mm(a: Tensor, w: Tensor) -> Tensor:
+            return a @ w if a.dtype == w.dtype else (a.to(w.dtype) @ w).to(a.dtype)
+
+        for k in range(len(blocks) - 1, -1, -1):
+            w1, w2 = blocks[k]
+            gz = _times(mm(g, w2), slopes[2 * k + 1], n, b)
+            g = g + _times(mm(gz, w1), slopes[2 * k], n, b)
+        return g
 
     def rows(self, slopes: list[Tensor], index: Tensor, dtype: torch.dtype | None = None
              ) -> Tensor:
@@ -176,8 +189,7 @@ class FrozenResidualMLP:
         """
         b, d = slopes[-1].shape[0], self.w_out.shape[0]
         k = index.numel()
-        low = self.dtype if dtype is None else dtype
-        w_in, blocks = self._low(low)
+        w_in, blocks = self._low(self.dtype if dtype is None else dtype)
         out = torch.empty(k, b, d, dtype=self.dtype, device=self.device)
         chunk = max(1, VJP_ROWS // b)
         last = self.c_out * slopes[-1]
@@ -185,12 +197,8 @@ class FrozenResidualMLP:
             idx = index[start:start + chunk]
             n = idx.numel()
             g = (self.w_out[idx].unsqueeze(1) * last).view(n * b, -1)  # (n B, W)
-            for j in range(len(blocks) - 1, -1, -1):
-                w1, w2 = blocks[j]
-                gz = ((g.to(low) @ w2).to(self.dtype).view(n, b, -1) * slopes[2 * j + 1])
-                g = g + ((gz.view(n * b, -1).to(low) @ w1).to(self.dtype).view(n, b, -1)
-                         * slopes[2 * j]).view(n * b, -1)
-            gx = (g.to(low) @ w_in).to(self.dtype).view(n, b, d).mul_(self.c_in)
+            g = self._blocks_back(g, slopes, n, b, blocks)
+            gx = (g.to(w_in.dtype) @ w_in).to(self.dtype).view(n, b, d).mul_(self.c_in)
             if self.w_skip is not None:
                 gx += self.skip_scale * self.w_skip[idx].unsqueeze(1)
             gx[torch.arange(n, device=gx.device), :, idx] += self.c_skip
@@ -198,9 +206,8 @@ class FrozenResidualMLP:
         return out
 
     def _low(self, dtype: torch.dtype) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """The input layer's and the blocks' matrices in ``dtype`` (copies made once)."""
-        if dtype == self.dtype:
-            return self.w_in, [(w1, w2) for w1, _, w2, _ in self.blocks]
+        """The input layer's and the blocks' matrices in ``dtype`` (copies made once; views of
+        the weights in the network's own dtype)."""
         cache = self.__dict__.setdefault("_low_cache", {})
         if dtype not in cache:
             cache[dtype] = (self.w_in.to(dtype),

@@ -337,3 +337,7 @@ def test_rows_in_bfloat16_reach_the_exact_rows_fixed_point(monkeypatch):
     assert float((solve(torch.bfloat16, light).point - solve(None, light).point).abs().max()) > 0
     with pytest.raises(UnknownNameError):
         ConditionedDRGD(mask, values, row_dtype="half-ish")
+    # The tracker's rule (one function): names accepted, non-floating dtypes rejected.
+    assert ConditionedDRGD(mask, values, row_dtype="bfloat16").row_dtype is torch.bfloat16
+    with pytest.raises(UnknownNameError, match="row_dtype"):
+        ConditionedDRGD(mask, values, row_dtype=torch.int64)

@@ -58,7 +58,7 @@ from ddcontrol.manifold import Linearization
 from ddcontrol.solvers.base import Evaluation, Solver, _Context
 
 __all__ = ["ConditionedDRGD", "damped_pinv", "CHORDS", "ROWS_MIN", "AUTO_ROW_DAMPING",
-           "fast_row_dtype"]
+           "check_row_dtype", "fast_row_dtype"]
 
 #: The forms of the iterations between two refreshes of the pinned rows (module docstring).
 CHORDS = ("exact", "reused")
@@ -72,6 +72,19 @@ ROWS_MIN = 128
 #: the plans are those of float32 rows (the unicycle's batched plans' costs within 0.05 %); at
 #: the linear systems' 0.01, single mass-spring-damper plans moved by up to 30 %.
 AUTO_ROW_DAMPING = 0.05
+
+
+def check_row_dtype(value: Any) -> torch.dtype | str | None:
+    """A pinned rows' precision: "auto", None or a floating torch dtype (also by name, e.g.
+    "bfloat16", for options read from a command line or JSON); raises UnknownNameError."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        value = getattr(torch, value, None) if value.isidentifier() else None
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise UnknownNameError(f"row_dtype must be 'auto', None or a floating torch dtype "
+                               f"(e.g. 'bfloat16'), got {value!r}")
+    return value
 
 
 def fast_row_dtype(device: torch.device | str) -> torch.dtype | None:
@@ -142,15 +155,16 @@ class ConditionedDRGD(Solver):
         ``"exact"`` reuses only the inverse of their k × k block and keeps exact directions with
         a second small backward pass; ``"reused"`` reuses the rows as well (one backward pass).
     row_dtype : torch.dtype | "auto" | None
-        Precision of the products that compute the k pinned rows, for a denoiser with explicit
-        rows (a residual MLP at a fixed σ: :meth:`~ddcontrol.score.frozen.FrozenResidualMLP.rows`;
-        others ignore it) and batches of at least :data:`ROWS_MIN` rows (fewer ride with the
-        gradient's backward pass in the network's dtype): None, the network's dtype;
-        ``torch.bfloat16``, operands rounded to bfloat16 and accumulated in float32; ``"auto"``,
-        bfloat16 where it is fast (:func:`fast_row_dtype`), the points are not float64 and
-        ``damping`` is at least :data:`AUTO_ROW_DAMPING`. The rows only shape the directions
-        and the pull (the gradient's own VJP stays exact), like the chord's reused rows: a
-        relative error of about 2⁻⁸ in their network part.
+        Precision of the products that compute the k pinned rows (a dtype also by name, e.g.
+        "bfloat16": :func:`check_row_dtype`), for a denoiser with explicit rows (a residual MLP
+        at a fixed σ: :meth:`~ddcontrol.score.frozen.FrozenResidualMLP.rows`; others ignore
+        it) and batches of at least :data:`ROWS_MIN` rows (fewer ride with the gradient's
+        backward pass in the network's dtype): None, the network's dtype; ``torch.bfloat16``,
+        operands rounded to bfloat16 and accumulated in float32; ``"auto"``, bfloat16 where it
+        is fast (:func:`fast_row_dtype`), the points are not float64 and ``damping`` is at
+        least :data:`AUTO_ROW_DAMPING`. The rows only shape the directions and the pull (the
+        gradient's own VJP stays exact), like the chord's reused rows: a relative error of
+        about 2⁻⁸ in their network part.
     final_gradient : bool
         Compute the Riemannian gradient at the last iterate (its norm ends the history, and
         ``min_gradient_norm`` may stop there). False skips that iteration's backward pass, whose
@@ -186,10 +200,7 @@ class ConditionedDRGD(Solver):
             raise UnknownNameError(f"chord must be one of {CHORDS}, got {chord!r}")
         self.chord = chord
         self.final_gradient = bool(final_gradient)
-        if not (row_dtype is None or row_dtype == "auto" or isinstance(row_dtype, torch.dtype)):
-            raise UnknownNameError(f"row_dtype must be a torch.dtype, 'auto' or None, "
-                                   f"got {row_dtype!r}")
-        self.row_dtype = row_dtype
+        self.row_dtype = check_row_dtype(row_dtype)
 
     def _start(self, ctx: _Context, x0: Tensor) -> dict[str, Any]:
         if x0.shape[1:] != self.mask.shape:

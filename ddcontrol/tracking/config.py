@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ddcontrol._validation import check_positive_float, check_positive_int
 from ddcontrol.errors import ConfigurationError, UnknownNameError
 from ddcontrol.score.sigma import SIGMA_GRID
 from ddcontrol.solvers import Solver
+from ddcontrol.solvers.conditioned import check_row_dtype
 from ddcontrol.trust import ON_OOD_POLICIES
 
 __all__ = ["TrackerConfig", "SOLVERS", "CONDITIONINGS", "escalation_ladder"]
@@ -32,19 +31,6 @@ CONDITIONINGS = ("pin", "clamp", "penalty")
 
 def _optional_float(value: Any, name: str) -> float | None:
     return None if value is None else check_positive_float(value, name)
-
-
-def _row_dtype(value: Any) -> torch.dtype | str | None:
-    """The pinned rows' precision: "auto", None or a floating torch dtype (also by name,
-    e.g. "bfloat16", for options read from a command line or JSON)."""
-    if value is None or value == "auto":
-        return value
-    if isinstance(value, str):
-        value = getattr(torch, value, None) if value.isidentifier() else None
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise UnknownNameError(f"row_dtype must be 'auto', None or a floating torch dtype "
-                               f"(e.g. 'bfloat16'), got {value!r}")
-    return value
 
 
 def escalation_ladder(escalate_sigma: float | Sequence[float] | None, sigma: float
@@ -122,7 +108,7 @@ class TrackerConfig:
         put("refine_sigma", self.sigma if self.refine_sigma is None
             else check_positive_float(self.refine_sigma, "refine_sigma"))
         put("step_time_budget", _optional_float(self.step_time_budget, "step_time_budget"))
-        put("row_dtype", _row_dtype(self.row_dtype))
+        put("row_dtype", check_row_dtype(self.row_dtype))
         put("escalate_sigma", escalation_ladder(self.escalate_sigma, self.sigma))
         put("max_step", _optional_float(self.max_step, "max_step"))
         if isinstance(self.solver, str):

@@ -20,9 +20,14 @@ Run (the recorded results)::
     python benchmarks/bench_tracking.py --experiment linear
     python benchmarks/bench_tracking.py --experiment paper --threads 1 --minutes 18 \\
         --sigmas 0.05 0.1 0.2 0.3
+    python benchmarks/bench_tracking.py --experiment paper --systems unicycle --threads 1 \\
+        --train-steps 80000 --trajectories 200000 --sigmas 0.3 0.2 0.1
     python benchmarks/bench_tracking.py --experiment closed-loop --threads 1 --per-step 20 \\
         --time-budget 0.8
     python benchmarks/bench_tracking.py --experiment conditioning
+
+The third is the unicycle with ten times the paper's data (``--trajectories``: the same
+excitation from the same state, in its own folder ``models/unicycle-paper-n200000``).
 
 Models are trained once into ``benchmarks/models/<setup>/`` (``--minutes`` per model) and reused;
 delete a folder to retrain (the recorded models had 18-20 minutes for the paper setups and
@@ -97,6 +102,20 @@ SETUPS["unicycle-paper-stitched"] = {**SETUPS["unicycle-paper"], "window": 45,
                                      "data_from": "unicycle-paper"}
 
 
+def with_trajectories(name: str, n: int) -> str:
+    """The setup ``name`` with ``n`` trajectories of the same kind instead of its own number:
+    registered as ``<name>-n<n>`` (its own data and model folder), whose name is returned."""
+    if n < 1:
+        raise ValueError(f"trajectories must be >= 1, got {n}")
+    if n == SETUPS[name]["n"]:
+        return name
+    variant = f"{name}-n{n}"
+    SETUPS[variant] = {**SETUPS[name], "n": n}
+    if "data_from" in SETUPS[name]:  # the data of the setup it shares them with, as many
+        SETUPS[variant]["data_from"] = with_trajectories(SETUPS[name]["data_from"], n)
+    return variant
+
+
 def dataset_and_model(name: str, minutes: float, device: str, steps: int | None = None
                       ) -> tuple[TrajectoryDataset, Any]:
     """Generate (once) the dataset and train (once) the model of setup ``name``: ``steps``
@@ -167,6 +186,9 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
     setups = (("pendulum-paper", "swing", 3000), ("unicycle-paper", "figure-eight", 2500))
     if args.stitch:  # the unicycle's 100 steps from its 45-step model (SETUPS' comment)
         setups = (("unicycle-paper-stitched", "figure-eight", 2500),)
+    if args.trajectories is not None:
+        setups = tuple((with_trajectories(name, args.trajectories), ref_name, iters)
+                       for name, ref_name, iters in setups)
     for name, ref_name, iters in setups:
         if args.systems and name.split("-")[0] not in args.systems:
             continue
@@ -210,6 +232,11 @@ def paper_experiment(args: argparse.Namespace) -> dict[str, Any]:
               f"{s['replay_over_optimum']:.3f}", flush=True)
         out[name] = {**s, "sweep": sweep} if len(sweep) > 1 else s
         out[name]["auto_sigma"] = model.sigma  # training's selection (None: not stored)
+        # How this entry was made (the file's top-level args are those of its last run).
+        out[name]["run"] = {"train_steps": args.train_steps, "minutes": args.minutes,
+                            "trajectories": SETUPS[name]["n"],
+                            "tracker_set": dict(args.tracker_set), "iterations": iters
+                            if args.iterations is None else args.iterations}
         ch = list(ref.channels)
         t = np.arange(100) * ref.dt
         plot_tracking(t, ref.values,
@@ -372,6 +399,10 @@ def main() -> None:
                         help="paper: the unicycle's 100-step plan from a 45-step model of the "
                              "same data, stitched (tracking_paper_stitched.json: 40-50x the "
                              "optimum, far worse than the 100-step model; not the default)")
+    parser.add_argument("--trajectories", type=int, default=None,
+                        help="paper: this many trajectories (of the same excitation, from the "
+                             "same state) instead of the setup's 20,000; data and model in "
+                             "models/<setup>-n<N>/")
     parser.add_argument("--stitch-stride", type=int, default=15,
                         help="--stitch: largest step between stretches")
     parser.add_argument("--stitch-passes", type=int, default=4,
@@ -388,6 +419,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.trajectories is not None and args.trajectories < 1:
+        parser.error("--trajectories must be >= 1")
     torch.set_num_threads(args.threads)
     args.tracker_set = tracker_overrides(args.tracker_set)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -399,10 +432,6 @@ def main() -> None:
         result = conditioning_experiment(args)
     elif args.experiment == "paper":
         result = paper_experiment(args)
-        sweeps = {name: (r["sweep"], r["auto_sigma"]) for name, r in result.items()
-                  if "sweep" in r}
-        if sweeps:  # σ against replay, with the σ training stored (issue 13)
-            plot_paper_sigma(sweeps, RESULTS / "tracking_paper_sigma.png")
     else:
         result = closed_loop_experiment(args)
     payload = {"experiment": args.experiment, "args": vars(args), "results": result,
@@ -416,6 +445,13 @@ def main() -> None:
         payload["results"] = {**previous, **result}
     path.write_text(json.dumps(payload, indent=1, default=str))
     print(f"wrote {path}")
+    if args.experiment == "paper":
+        # σ against replay, with the σ training stored (issue 13), for every setup on record
+        # (a run on some systems keeps the others' columns).
+        sweeps = {name: (r["sweep"], r.get("auto_sigma"))
+                  for name, r in payload["results"].items() if "sweep" in r}
+        if sweeps:
+            plot_paper_sigma(sweeps, RESULTS / f"{path.stem}_sigma.png")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,26 @@ def test_nearest_start_takes_the_outputs_of_the_nearest_training_window():
     assert torch.allclose(start[..., M:], windows[:5, :, M:])
 
 
+def test_sigma_shift_flags_a_plan_the_reprediction_agrees_with():
+    # The inputs fix the outputs (8 dimensions under 10 inputs), so the reprediction at a tiny σ
+    # returns the plan's own outputs; but the model's variance along its subspace (0.1² per
+    # direction) is small against the probe σ (0.2²), so its prediction moves by most of itself
+    # once it may pull at the probe σ: the model doubts the plan, and the estimate says so.
+    windows, den, basis = _subspace(k=8)
+    unsure = LinearGaussianDenoiser(torch.zeros(L, M + P, dtype=torch.float64), basis,
+                                    torch.full((8,), 0.1, dtype=torch.float64))
+    est = TrustEstimator(unsure, windows[:1800], held_out=windows[1800:], input_dim=M,
+                         repredict_sigma=1e-3, dtype=torch.float64)
+    rep = est(windows[1800:1808])
+    assert rep.reprediction.max() < 1e-3 and rep.sigma_shift.min() > 0.5
+    assert np.allclose(rep.estimated_deviation, np.maximum(rep.reprediction, rep.sigma_shift))
+    assert rep.ood.all()
+    # The same plans under the confident model (scales 3): both small, nothing flagged.
+    sure = TrustEstimator(den, windows[:1800], held_out=windows[1800:], input_dim=M,
+                          repredict_sigma=1e-3, dtype=torch.float64)(windows[1800:1808])
+    assert sure.estimated_deviation.max() < 0.02 and not sure.ood.any()
+
+
 def test_ood_flag_fires_far_outside_a_toy_dataset_only():
     data = _toy_windows(3000, 0)
     den = EmpiricalDenoiser(torch.as_tensor(data[:2700])).double()

@@ -335,3 +335,48 @@ def test_problem_for_dataset_takes_bounds_from_metadata():
     prob = TrackingProblem.for_dataset(data, make_reference("sine", MIMO, 20), 10)
     np.testing.assert_array_equal(prob.input_high, [5.0, 5.0])
     assert (prob.input_dim, prob.output_dim) == (2, 2)
+
+
+def test_episode_start_collects_and_freezes_the_garbage_collector():
+    import gc
+
+    t_ini, n_h = 3, 10
+    data = collect(MSD, 30, 30, seed=1, noise=False)
+    windows = data.windows(t_ini + n_h, stride=3, normalized=True)
+    prob = TrackingProblem(np.ones((30, 1)), n_h, 1, 1, dt=0.1, Q=1.0, R=0.001)
+
+    def tracker(**kw):
+        return DenoisingTracker(exact_projector_denoiser(windows), data.normalizer, prob,
+                                candidates=windows, t_ini=t_ini, sigma=1e-3, iterations=5,
+                                dtype=torch.float64, **kw)
+
+    gc.unfreeze()
+    try:
+        quiet = tracker(freeze_gc=False)
+        assert quiet.freeze_gc is False
+        quiet.reset(np.zeros(1))
+        assert gc.get_freeze_count() == 0
+        import weakref
+
+        class Node:
+            pass
+
+        node = Node()
+        node.self = node  # garbage reachable only through a cycle: collected, not frozen
+        dead = weakref.ref(node)
+        del node
+        live = [object()]
+        frozen = tracker()
+        assert frozen.freeze_gc is True
+        frozen.reset()  # no observation: no episode yet, nothing frozen
+        assert gc.get_freeze_count() == 0 and dead() is not None
+        frozen.reset(np.zeros(1))
+        assert gc.get_freeze_count() > 0 and dead() is None
+        # What lived at the episode's start is in the permanent generation: a full collection
+        # no longer visits it.
+        assert all(o is not live for o in gc.get_objects())
+        assert np.all(np.isfinite(frozen.act(np.zeros(1))))
+    finally:
+        gc.unfreeze()
+    with pytest.raises(TypeError, match="freeze_gc"):
+        tracker(freeze_gc="yes")

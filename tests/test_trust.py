@@ -174,6 +174,47 @@ def test_nearest_distance_with_pool_norms_in_blocks(monkeypatch, tile):
     assert none.shape == (0,)
 
 
+@pytest.mark.parametrize("block,seeds", [(16, 1), (16, 2), (7, 3), (10_000, 2)])
+def test_farthest_nearest_equals_the_full_search(block, seeds):
+    """The block-pruned search returns the full search's per-group maximum (to round-off: a
+    matrix product's rounding depends on its shape, nothing else differs): groups
+    near the pool (most queries settled by the first block), a group with one far query, a
+    group of one query and of fewer queries than seeds, a query on a pool point, a pool of one
+    block (block 10,000: the full search itself)."""
+    gen = torch.Generator().manual_seed(3)
+    pool = torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    pool_sq = (pool * pool).sum(dim=1)
+    near = pool[torch.randint(0, 200, (5, 9), generator=gen)] + 0.05 * torch.randn(
+        5, 9, 4, generator=gen, dtype=torch.float64)
+    near[1, 4] += 6.0                     # one query far from everything
+    near[2, 0] = pool[17]                 # a query on a pool point
+    full = nearest_distance(near.reshape(-1, 4), pool, pool_sq=pool_sq).reshape(5, 9)
+    got = trust_module.farthest_nearest(near, pool, pool_sq, seeds=seeds, block=block)
+    assert torch.allclose(got, full.amax(dim=1), rtol=1e-12, atol=1e-12)
+    assert got[1] > 5.0
+    for s in (1, 2):
+        few = near[:, :s]
+        assert torch.allclose(trust_module.farthest_nearest(few, pool, pool_sq, seeds=seeds,
+                                                            block=block),
+                              full[:, :s].amax(dim=1), rtol=1e-12, atol=1e-12)
+
+
+def test_farthest_nearest_searches_a_query_its_seed_did_not_settle():
+    """A group whose farthest query (0.12 from the pool) has a smaller first-block bound than a
+    query whose nearest point lies in a later block (0.10, the seed): the farthest one must be
+    searched on, not dismissed against the seed's distance."""
+    gen = torch.Generator().manual_seed(5)
+    pool = 3.0 * torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    pool_sq = (pool * pool).sum(dim=1)
+    e = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    group = torch.stack([pool[150] + 0.10 * e,            # seed: far from block 0, nn 0.10
+                         pool[5] + 0.12 * e,              # the answer: nn in block 0, 0.12
+                         pool[3] + 0.01 * e, pool[9] + 0.01 * e])[None]
+    full = nearest_distance(group[0], pool, pool_sq=pool_sq)
+    assert torch.allclose(full, torch.tensor([0.10, 0.12, 0.01, 0.01], dtype=torch.float64))
+    got = trust_module.farthest_nearest(group, pool, pool_sq, seeds=1, block=16)
+    assert torch.allclose(got, torch.tensor([0.12], dtype=torch.float64), atol=1e-12)
+
 def test_validation():
     windows, den, _ = _subspace(seed=4, n=100)
     with pytest.raises(DimensionError):

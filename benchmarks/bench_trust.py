@@ -12,10 +12,13 @@ held-out trajectories, reachable by construction) and half out of it, in three k
   the unicycle a straight line at 2-4x the fastest speed in the data.
 
 Each plan is a cold start at the cheapest training window, ``--iterations`` of DRGD with input
-bounds and a trust radius (the tracker's "pin" solver with nothing measured), then the tracker's
-refinement (inputs pinned, σ annealed to 0.02). Its inputs are replayed in the true simulator
-from the true initial state; the label is ``deviation > 0.1`` (``ddcontrol.evaluate.replay``).
-The planning σ is chosen from held-out data by :func:`ddcontrol.score.sigma.select_sigma`.
+bounds and a trust radius (the tracker's "pin" solver with nothing measured), then a refinement
+(inputs pinned, 8 Gauss-Newton iterations annealed to σ 0.02: the tracker's before each system
+had its own; ``--refinement system`` refines as the tracker now does, with the system's
+iterations and final σ: 30 iterations at the plan's σ, 0.02 on the unicycle). Its inputs are
+replayed in the true simulator from the true initial state; the label is ``deviation > 0.1``
+(``ddcontrol.evaluate.replay``). The planning σ is chosen from held-out data by
+:func:`ddcontrol.score.sigma.select_sigma`.
 
 Reported per system: AUROC of the estimated deviation and of each component alone, recall and
 false-alarm rate at the default threshold, the same per kind of reference, and the counts.
@@ -87,6 +90,25 @@ plans and flagged 20-26 % of the linear systems' good plans. The former replay r
 of 72 replays worse than the best training window; the current rule (deviation > 0.1 or worse
 than the best window) misses none by construction.
 
+``--refinement system`` (the tracker's own refinement of finite-horizon plans; recorded in
+``results/trust_system_refinement.json``, seed 1 in ``..._seed1.json``; same models): the plans
+drift far less (pendulum 5 of 120 instead of 23, unicycle 53 instead of 79), and the estimate::
+
+    system            seed  drifting  AUROC  recall          false alarms
+    coupled           0      1        1.000  1 / 1           1 / 119
+    pendulum          0      5        0.920  2 / 5           2 / 115 (0.017)
+    unicycle          0     53        0.998  52 / 53 (0.98)  2 / 67  (0.030)
+    coupled-early200  0     77        0.685  0 / 77          0 / 43
+    pendulum          1      6        1.000  6 / 6           1 / 114
+    unicycle          1     49        0.997  47 / 49 (0.96)  1 / 71
+    msd (both seeds), coupled (seed 1): no drifting plan, 1-2 false alarms of 120
+
+Missed there: the pendulum's three drifting scaled references on seed 0 (deviations 0.110-0.140,
+estimates 0.026-0.069: refined at the plan's σ, the plan's outputs are the model's own
+prediction for its inputs, so the reprediction agrees with them by construction and only the
+σ-shift can see a wrong one; it caught the other two, at 0.29-0.30), and every drifting plan of
+the early coupled model (refined at its σ 0.3, its plans are its own, wrong, predictions).
+
 ``--system-training`` trains each model as the tracker's default models are trained (the
 system's ``SystemDefaults.train_options``: noise levels 0.015-0.5 on the linear systems and the
 double pendulum) and picks σ by the system's rule; same data, references and step counts
@@ -135,7 +157,9 @@ from ddcontrol.score import TrainConfig, load_model, train  # noqa: E402
 from ddcontrol.score.sigma import select_sigma  # noqa: E402
 from ddcontrol.solvers import Problem  # noqa: E402
 from ddcontrol.solvers.conditioned import ConditionedDRGD  # noqa: E402
+from ddcontrol.tracking.config import TrackerConfig  # noqa: E402
 from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
+from ddcontrol.tracking.refine import Refinement  # noqa: E402
 from ddcontrol.tracking.tracker import DenoisingTracker  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -251,7 +275,8 @@ class BatchCost:
 
 
 def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: list[int],
-               sigma: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+               sigma: float, iterations: int, refinement: str = "fixed"
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Batched tracker-style plans (normalised windows (B, L, C)) for references (B, N, q), and
     the cost of the best training window (same start) for each reference (B,)."""
     m, norm = model.input_dim, model.normalizer
@@ -276,7 +301,15 @@ def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: 
                              damping=0.05, max_step=0.5, max_iterations=iterations,
                              min_gradient_norm=0.0, record_history=False)
     x = solver.run(problem, initial_point=x0).point
-    # The tracker's refinement: pin the (clipped) inputs, pull the outputs onto the manifold.
+    # The refinement: pin the (clipped) inputs, pull the outputs onto the manifold; "system":
+    # the tracker's, with the system's iterations and final σ (SystemDefaults); "fixed": 8
+    # iterations annealed to σ 0.02 (the tracker's before the system defaults had their own).
+    if refinement == "system":
+        d = system_defaults(data.metadata["env_id"])
+        final = sigma if d.refine_sigma is None else d.refine_sigma
+        out = Refinement(model.denoiser, sigma, final, d.refine_iterations, 0, m, lo_t, hi_t,
+                         damping=TrackerConfig.refine_damping)(x, None)
+        return out.numpy(), best_cost
     values = x.clone()
     values[..., :m] = torch.clamp(values[..., :m], lo_t[:, :m], hi_t[:, :m])
     mask = empty.clone()
@@ -346,7 +379,8 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
     # The plans (the expensive part) are cached next to the model with --reuse-plans, so that
     # the estimator can be re-measured on the same plans.
     cache = folder / (f"plans-s{args.seed}-n{args.plans}-i{args.iterations}"
-                                        f"-{args.sigma if args.sigma is not None else 'auto'}.npz")
+                      f"-{args.sigma if args.sigma is not None else 'auto'}"
+                      f"{'-system-refinement' if args.refinement == 'system' else ''}.npz")
     refs, kinds = references(name, held, data, args.plans, rng)
     if args.reuse_plans and cache.exists():
         z = np.load(cache, allow_pickle=False)
@@ -359,7 +393,8 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
             rule = defaults.sigma_rule if args.system_training else "robust"
             sel = select_sigma(model, held, t_ini=0, max_windows=48, seed=args.seed, rule=rule)
             sigma, sweep = sel.sigma, sel.as_dict()
-        plans, best_cost = make_plans(model, train_ds, refs, channels, sigma, args.iterations)
+        plans, best_cost = make_plans(model, train_ds, refs, channels, sigma, args.iterations,
+                                      args.refinement)
         np.savez(cache, sigma=sigma, plans=plans, best_cost=best_cost, sweep=json.dumps(sweep))
     norm = model.normalizer
     phys = norm.denormalize(plans.astype(np.float64))
@@ -468,6 +503,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "pick σ by the system's rule (SystemDefaults.sigma_rule), as the "
                          "tracker's default models are; cached in "
                          "models/trust-<system>[-early<N>]-<options>/")
+    ap.add_argument("--refinement", choices=("fixed", "system"), default="fixed",
+                    help="the plans' refinement: 8 iterations annealed to σ 0.02 (fixed), or "
+                         "the tracker's with the system's iterations and final σ (system)")
     ap.add_argument("--reuse-plans", action="store_true",
                     help="reuse the plans cached in benchmarks/models/trust-<system>/ by a "
                          "run with the same seed, plans, iterations and --sigma")

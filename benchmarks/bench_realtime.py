@@ -77,6 +77,7 @@ def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool,
     holder: dict[str, Any] = {}
     cpu: list[float] = []  # this thread's CPU time of every act()
     steal: list[float] = []  # seconds the hypervisor ran others on this VM's cores, per act()
+    in_step = {"on": False}  # whether an act() is running (for the collections below)
 
     def build() -> Any:
         tracker = holder["tracker"] = factory()
@@ -84,9 +85,11 @@ def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool,
 
         def timed(*a: Any, **k: Any) -> Any:
             c0, s0 = time.thread_time(), _steal_s()
+            in_step["on"] = True
             try:
                 return act(*a, **k)
             finally:
+                in_step["on"] = False
                 cpu.append(time.thread_time() - c0)
                 steal.append(_steal_s() - s0)
 
@@ -94,14 +97,15 @@ def one_run(system: str, seed: int, ref_index: int, steps: int, budget: bool,
         return tracker
 
     # Full collections of Python's cyclic garbage collector (which traverses every object of
-    # the process: about 0.15 s with torch loaded) during the episode.
+    # the process: about 0.15 s with torch loaded) during the episode's steps (act()); the
+    # tracker's own collection at reset (freeze_gc) is not in a step.
     full_gc: list[float] = []
     started: dict[str, float] = {}
 
     def gc_watch(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             started["t"] = time.perf_counter()
-        elif info["generation"] == 2:
+        elif info["generation"] == 2 and in_step["on"]:
             full_gc.append(time.perf_counter() - started["t"])
 
     gc.callbacks.append(gc_watch)

@@ -215,6 +215,25 @@ def test_farthest_nearest_searches_a_query_its_seed_did_not_settle():
     got = trust_module.farthest_nearest(group, pool, pool_sq, seeds=1, block=16)
     assert torch.allclose(got, torch.tensor([0.12], dtype=torch.float64), atol=1e-12)
 
+def test_local_support_through_the_pruned_search_equals_the_full_one(monkeypatch):
+    """The estimator's local support (blocks of 64 snippets, so that the pruned search runs)
+    equals the full search's largest nearest-snippet distance of each plan."""
+    monkeypatch.setattr(trust_module, "NEAREST_BLOCK", 64)
+    data = _toy_windows(600, 2)
+    den = EmpiricalDenoiser(torch.as_tensor(data[:500])).double()
+    est = TrustEstimator(den, data[:500], held_out=data[500:], input_dim=M,
+                         repredict_iterations=0, dtype=torch.float64)
+    assert est.snippet_pool.shape[0] > 4 * 64
+    plans = torch.as_tensor(data[500:520]).clone()
+    plans[3, 4:, 1] += 3.0                       # one plan with snippets far from the data
+    rep = est(plans)
+    snip = trust_module._snippets(plans, est.snippet)
+    full = nearest_distance(snip.reshape(-1, snip.shape[-1]), est.snippet_pool,
+                            pool_sq=(est.snippet_pool ** 2).sum(dim=1)).reshape(20, -1)
+    expect = (full.amax(dim=1) / est.snippet_scale).numpy()
+    assert np.allclose(rep.local_support, expect, rtol=1e-10, atol=1e-12)
+    assert rep.local_support[3] > 2 * np.delete(rep.local_support, 3).max()
+
 def test_validation():
     windows, den, _ = _subspace(seed=4, n=100)
     with pytest.raises(DimensionError):

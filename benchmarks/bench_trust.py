@@ -309,15 +309,17 @@ def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: 
                              damping=0.05, max_step=0.5, max_iterations=iterations,
                              min_gradient_norm=0.0, record_history=False)
     x = solver.run(problem, initial_point=x0).point
-    # The refinement: pin the (clipped) inputs, pull the outputs onto the manifold; "system":
-    # the tracker's, with the system's iterations and final σ (SystemDefaults); "fixed": 8
-    # iterations annealed to σ 0.02 (the tracker's before the system defaults had their own).
+    # The refinement (the tracker's Refinement: pin the clipped inputs, pull the outputs onto
+    # the manifold): "system", with the system's iterations and final σ (SystemDefaults);
+    # "fixed", 8 iterations annealed to σ 0.02 (the tracker's before the systems had their own).
     if refinement == "system":
         d = system_defaults(data.metadata["env_id"])
-        final = sigma if d.refine_sigma is None else d.refine_sigma
-        out = Refinement(model.denoiser, sigma, final, d.refine_iterations, 0, m, lo_t, hi_t,
-                         damping=TrackerConfig.refine_damping)(x, None)
-        return out.numpy(), best_cost
+        final, steps = (sigma if d.refine_sigma is None else d.refine_sigma), d.refine_iterations
+    else:
+        final, steps = min(sigma, 0.02), 8
+    out = Refinement(model.denoiser, sigma, final, steps, 0, m, lo_t, hi_t,
+                     damping=TrackerConfig.refine_damping)(x, None)
+    return out.numpy(), best_cost
     values = x.clone()
     values[..., :m] = torch.clamp(values[..., :m], lo_t[:, :m], hi_t[:, :m])
     mask = empty.clone()

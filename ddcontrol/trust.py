@@ -202,11 +202,10 @@ def farthest_nearest(queries: Tensor, pool: Tensor, pool_sq: Tensor, seeds: int 
     b, s, d = queries.shape
     n = pool.shape[0]
     block = NEAREST_BLOCK if block is None else block
+    flat = queries.reshape(-1, d)
     if n <= block or s <= seeds:
-        return nearest_distance(queries.reshape(-1, d), pool, pool_sq=pool_sq).reshape(b, s
-                                                                                       ).amax(1)
-    bound = nearest_distance(queries.reshape(-1, d), pool[:block], pool_sq=pool_sq[:block]
-                             ).reshape(b, s)
+        return nearest_distance(flat, pool, pool_sq=pool_sq).reshape(b, s).amax(1)
+    bound = nearest_distance(flat, pool[:block], pool_sq=pool_sq[:block]).reshape(b, s)
     top = bound.topk(seeds, dim=1).indices                               # (B, seeds)
     rows = torch.arange(b, device=queries.device)[:, None].expand(-1, seeds)
     low = nearest_distance(queries[rows, top].reshape(-1, d), pool, pool_sq=pool_sq

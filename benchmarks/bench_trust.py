@@ -320,19 +320,6 @@ def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: 
     out = Refinement(model.denoiser, sigma, final, steps, 0, m, lo_t, hi_t,
                      damping=TrackerConfig.refine_damping)(x, None)
     return out.numpy(), best_cost
-    values = x.clone()
-    values[..., :m] = torch.clamp(values[..., :m], lo_t[:, :m], hi_t[:, :m])
-    mask = empty.clone()
-    mask[:, :m] = True
-    refine_sigma = min(sigma, 0.02)
-    anneal = {} if refine_sigma == sigma else {"sigma_start": sigma, "anneal_iterations": 4}
-    zero = lambda z: torch.zeros(z.shape[0])  # noqa: E731
-    refine = ConditionedDRGD(mask, values, step_size=1.0, max_iterations=8,
-                             min_gradient_norm=0.0, record_history=False, **anneal)
-    out = refine.run(Problem(BehaviorManifold(model.denoiser, refine_sigma), zero,
-                             torch.zeros_like), initial_point=x).point
-    out[:, mask] = values[:, mask]
-    return out.numpy(), best_cost
 
 
 def auroc(score: np.ndarray, label: np.ndarray) -> float:

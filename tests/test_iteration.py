@@ -213,6 +213,36 @@ def test_damped_pinv_treats_an_overflowing_float32_block_as_diverged(monkeypatch
     assert torch.isfinite(out[[0, 2]]).all()
 
 
+@pytest.mark.parametrize("dtype, damping", [(torch.float32, 0.05), (torch.float32, 0.01),
+                                            (torch.float32, 1e-3), (torch.float64, 1e-3)])
+def test_damped_pinv_matches_the_normal_equations_on_rank_deficient_blocks(dtype, damping):
+    """Cholesky where the damping dominates the dtype's rounding, LU below (float32 at 1e-3):
+    rank-deficient blocks, as redundant pinned coordinates give, stay finite either way and
+    match a float64 solve of the normal equations to the accuracy the conditioning allows."""
+    from ddcontrol.solvers.conditioned import CHOLESKY_MIN_DAMPING_EPS, damped_pinv
+
+    g = torch.Generator().manual_seed(2)
+    k, rank = 40, 20
+    a = torch.randn(64, k, rank, generator=g, dtype=torch.float64) @ torch.randn(
+        64, rank, k, generator=g, dtype=torch.float64)
+    gram = a / a.abs().amax(dim=(1, 2), keepdim=True)  # a projector block's scale: entries <= 1
+    out = damped_pinv(gram.to(dtype), damping)
+    assert torch.isfinite(out).all()
+    gt = gram.transpose(1, 2)
+    exact = torch.linalg.solve(gt @ gram + damping ** 2 * torch.eye(k, dtype=torch.float64), gt)
+    # The damped system's conditioning is about 1/λ²: the dtype's rounding grows by that much
+    # (float32 at 1e-3 has no accurate answer at all, by either factorisation: finite only).
+    bound = 50 * torch.finfo(dtype).eps / damping ** 2
+    if bound < 1:
+        assert (out.double() - exact).abs().max() <= bound * exact.abs().max()
+    cholesky = damping ** 2 >= CHOLESKY_MIN_DAMPING_EPS * torch.finfo(dtype).eps
+    assert cholesky == (damping >= 0.01 or dtype == torch.float64)
+    if not cholesky:
+        # where Cholesky would have failed: the reason for the LU path
+        lhs = gt.to(dtype) @ gram.to(dtype) + damping ** 2 * torch.eye(k, dtype=dtype)
+        assert (torch.linalg.cholesky_ex(lhs)[1] != 0).any()
+
+
 @pytest.mark.parametrize("jacobian_every", [1, 3])
 def test_a_problem_whose_denoiser_diverges_does_not_stop_the_batch(monkeypatch, jacobian_every):
     # One problem's denoiser output turns NaN after a few calls: the solve finishes, reports

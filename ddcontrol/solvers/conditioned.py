@@ -57,8 +57,8 @@ from ddcontrol.errors import DimensionError, NonFiniteError, UnknownNameError
 from ddcontrol.manifold import Linearization
 from ddcontrol.solvers.base import Evaluation, Solver, _Context
 
-__all__ = ["ConditionedDRGD", "damped_pinv", "CHORDS", "ROWS_MIN", "AUTO_ROW_DAMPING",
-           "check_row_dtype", "fast_row_dtype"]
+__all__ = ["ConditionedDRGD", "damped_pinv", "CHOLESKY_MIN_DAMPING_EPS", "CHORDS", "ROWS_MIN",
+           "AUTO_ROW_DAMPING", "check_row_dtype", "fast_row_dtype"]
 
 #: The forms of the iterations between two refreshes of the pinned rows (module docstring).
 CHORDS = ("exact", "reused")
@@ -103,26 +103,46 @@ def fast_row_dtype(device: torch.device | str) -> torch.dtype | None:
     return None
 
 
+CHOLESKY_MIN_DAMPING_EPS = 256.0
+""":func:`damped_pinv` factorises by Cholesky where λ² ≥ this x the dtype's machine epsilon
+(float32: λ ≥ 0.0055), by LU below: with λ = 1e-3 in float32, GᵀG + λ²I of a rank-deficient
+block is positive definite by less than its rounding, and Cholesky failed on 338 of 1,280
+random 40 x 40 blocks of rank 20 (none from λ = 0.01 on, at k = 11-100, with LU's accuracy)."""
+
+
 def damped_pinv(gram_t: Tensor, damping: float) -> Tensor:
     """The Tikhonov-damped pseudo-inverse ``(GᵀG + λ²I)⁻¹Gᵀ`` of a batch of k × k blocks
     ``gram_t`` = G (B, k, k), λ = ``damping``.
 
+    GᵀG + λ²I is symmetric positive definite: where λ is large enough for the dtype
+    (:data:`CHOLESKY_MIN_DAMPING_EPS`) it is factorised by Cholesky, L Lᵀ, and the product is
+    two triangular solves from the right, Pᵀ = G L⁻ᵀ L⁻¹, 1.3-1.8x faster on CPU than the LU
+    solve (pinned rows 32-40, batch 1-64), which remains below that λ.
+
     A problem of the batch whose block is not finite, or so large that the factorisation would
-    overflow (its denoiser output diverged), gets NaN,
-    which the solver's checks then report as diverged, and the others their exact inverse: for
-    such a matrix LAPACK returns invalid pivots and torch rejects the whole batch (on CPU from
-    k of about 200 on, e.g. the σ selection of a 100-step window with 225 pinned coordinates),
-    so one diverged problem would stop every other one.
+    overflow (its denoiser output diverged), gets NaN, which the solver's checks then report as
+    diverged, and the others their exact inverse: one bad block must not stop the others (for
+    such a matrix LAPACK's LU returns invalid pivots and torch rejects the whole batch, on CPU
+    from k of about 200 on, e.g. the σ selection of a 100-step window with 225 pinned
+    coordinates; the Cholesky path factorises each block on its own and never raises).
     """
-    gt = gram_t.transpose(1, 2)
-    eye = torch.eye(gram_t.shape[-1], dtype=gram_t.dtype, device=gram_t.device)
-    lhs = gt @ gram_t + damping ** 2 * eye
-    # Finite but huge entries (a diverging denoiser in float32) overflow inside the LU and
-    # give LAPACK the same invalid pivots as NaN: they count as not finite.
-    limit = torch.finfo(lhs.dtype).max ** 0.5
-    bad = ~(lhs.abs() < limit).flatten(1).all(dim=1)[:, None, None]  # no host sync; NaN too
-    pinv = torch.linalg.solve(torch.where(bad, eye, lhs), torch.where(bad, 0.0, gt))
-    return torch.where(bad, torch.nan, pinv)
+    lhs = gram_t.transpose(1, 2) @ gram_t
+    lhs.diagonal(dim1=1, dim2=2).add_(damping ** 2)
+    # Finite but huge entries (a diverging denoiser in float32) count as bad: their
+    # factorisation's products would overflow. NaN compares false, so it is caught too.
+    bad = ~(lhs.abs() < torch.finfo(lhs.dtype).max ** 0.5).flatten(1).all(dim=1)
+    if damping ** 2 >= CHOLESKY_MIN_DAMPING_EPS * torch.finfo(lhs.dtype).eps:
+        chol, info = torch.linalg.cholesky_ex(lhs)
+        # Z Lᵀ = G, then Pᵀ L = Z.
+        z = torch.linalg.solve_triangular(chol.transpose(1, 2), gram_t, upper=True, left=False)
+        pinv = torch.linalg.solve_triangular(chol, z, upper=False, left=False).transpose(1, 2)
+        bad = bad | (info != 0)  # no host sync
+    else:
+        eye = torch.eye(gram_t.shape[-1], dtype=lhs.dtype, device=lhs.device)
+        bad3 = bad[:, None, None]
+        pinv = torch.linalg.solve(torch.where(bad3, eye, lhs),
+                                  torch.where(bad3, 0.0, gram_t.transpose(1, 2)))
+    return torch.where(bad[:, None, None], torch.nan, pinv)
 
 
 class ConditionedDRGD(Solver):

@@ -537,11 +537,13 @@ class TrustEstimator:
         b = x.shape[0]
         shift = self._relative_outputs(self.denoiser(x, self.probe_sigma) - x, x)
         if self.past_length:
-            shape = x[:, : self.past_length].shape
-            if self._noise is None or self._noise.shape != shape:
+            # One fixed perturbation of the past for every plan, so that a plan's estimate does
+            # not depend on the batch it is rated in.
+            if self._noise is None:
                 gen = torch.Generator(device="cpu").manual_seed(0)
+                shape = (1, self.past_length, self.channels)
                 self._noise = (self.noise_std * torch.randn(shape, generator=gen)).to(
-                    x.device, x.dtype)
+                    self.device, self.dtype)
             xp = x.clone()
             xp[:, : self.past_length] += self._noise
             # The plan and its perturbed copy through one call of the denoiser.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -340,6 +342,75 @@ def test_background_rating_attaches_the_manifold_distance_of_the_plan():
     x = torch.as_tensor(held.last_plan.window, dtype=torch.float64)[None]
     assert held.last_plan.manifold_distance == pytest.approx(float(held.manifold.dist(x)[0]),
                                                             abs=1e-12)
+
+
+def _record_plans(tracker):
+    """Keep every plan the tracker rates in the background, in step order."""
+    plans = []
+    rate = tracker._rate_later
+
+    def keep(k, plan):
+        plans.append(plan)
+        rate(k, plan)
+
+    tracker._rate_later = keep
+    return plans
+
+
+@pytest.mark.parametrize("trust_batch", [3, 4])
+def test_batched_background_ratings_equal_one_at_a_time(trust_batch):
+    """trust_batch plans go to the background together (the rest when the flags are read): every
+    applied plan gets the estimate, distance and flag it gets rated alone, and a flag arrives
+    at most trust_batch steps late."""
+    alone = _closed_loop_tracker(0.02, "warn", trust_batch=1)
+    together = _closed_loop_tracker(0.02, "warn", trust_batch=trust_batch)
+    assert together.trust_batch == trust_batch and alone.trust_batch == 1
+    plans_alone, plans_together = _record_plans(alone), _record_plans(together)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        acts_alone, acts_together = _run(alone), _run(together)
+        for a, b in zip(acts_alone, acts_together):
+            np.testing.assert_array_equal(a, b)  # "warn" never changes an input
+        # Before the flags are read: the batches submitted so far, not the queued rest.
+        rated = sum(p.estimated_deviation is not None for p in plans_together)
+        together._collect_trust(wait=False)
+        for _, future in together._pending:
+            future.result()
+        together._collect_trust(wait=False)
+        rated = sum(p.estimated_deviation is not None for p in plans_together)
+        planned = len(plans_together)
+        assert rated == planned - planned % trust_batch
+        assert together.flagged_steps == alone.flagged_steps
+    assert all(p.estimated_deviation is not None for p in plans_together)
+    for a, b in zip(plans_alone, plans_together):
+        assert b.estimated_deviation == pytest.approx(a.estimated_deviation, rel=1e-9)
+        assert b.manifold_distance == pytest.approx(a.manifold_distance, rel=1e-9)
+        assert b.ood == a.ood
+    assert 0 < alone.ood_steps < len(plans_alone)  # the threshold splits the plans
+    # Under "escalate" every plan goes alone: the next step waits for it.
+    esc = _closed_loop_tracker(1e9, "escalate", trust_batch=trust_batch,
+                               escalate_sigma=[1e-3, 2e-3])
+    plans = _record_plans(esc)
+    _run(esc, steps=6)
+    assert not esc._unrated and all(p.estimated_deviation is not None for p in plans[:-1])
+    with pytest.raises(ValueError, match="trust_batch"):
+        _closed_loop_tracker(1e9, "warn", trust_batch=0)
+
+
+def test_an_estimate_does_not_depend_on_the_batch_it_is_rated_in():
+    """The sensitivity's perturbation of the measured past is the same for every plan."""
+    windows, den, _ = _subspace(seed=3, n=600)
+    est = TrustEstimator(den, windows[:500], held_out=windows[500:], input_dim=M,
+                         t_ini=4, noise_std=0.01, dtype=torch.float64)
+    x = torch.as_tensor(windows[500:506]).clone()
+    x[:, 4:] += 0.05
+    together = est(x, repredict=False)
+    for i in range(6):
+        alone = est(x[i:i + 1], repredict=False)
+        assert alone.sensitivity[0] == pytest.approx(together.sensitivity[i], rel=1e-9)
+        assert alone.estimated_deviation[0] == pytest.approx(together.estimated_deviation[i],
+                                                             rel=1e-9)
+    assert np.ptp(together.sensitivity) > 0
 
 
 def test_tracker_rejects_bad_policies():

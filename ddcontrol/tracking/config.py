@@ -85,6 +85,7 @@ class TrackerConfig:
     on_ood: str = "warn"
     escalate_sigma: float | Sequence[float] | None = None
     freeze_gc: bool = True
+    trust_batch: int = 5
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -100,7 +101,8 @@ class TrackerConfig:
             raise UnknownNameError(f"on_ood must be one of {ON_OOD_POLICIES}, got "
                                    f"{self.on_ood!r}")
         put("sigma_start", _optional_float(self.sigma_start, "sigma_start"))
-        for name in ("iterations", "iterations_per_step", "num_starts", "jacobian_every"):
+        for name in ("iterations", "iterations_per_step", "num_starts", "jacobian_every",
+                     "trust_batch"):
             put(name, check_positive_int(getattr(self, name), name))
         put("refine_iterations", check_positive_int(self.refine_iterations, "refine_iterations",
                                                     allow_zero=True))

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ddcontrol._validation import check_positive_int
 from ddcontrol.data.normalize import Normalizer
 from ddcontrol.errors import ConfigurationError, UnknownNameError
 from ddcontrol.symmetry import WindowSymmetry
@@ -322,11 +323,14 @@ class RecedingHorizonPolicy(Controller):
         Collect and freeze Python's cyclic garbage at the start of each episode
         (:func:`gc.freeze`; see ``freeze_gc`` of
         :class:`~ddcontrol.tracking.tracker.DenoisingTracker`).
+    trust_batch : int
+        Plans whose background confidence estimates start together (see ``trust_batch`` of
+        :class:`~ddcontrol.tracking.tracker.DenoisingTracker`; 1: one per step).
     """
 
     def __init__(self, problem: TrackingProblem, rules: RecedingHorizon, *,
                  step_time_budget: float | None, trust: Any = None, fallback: Any = None,
-                 device: Any = "cpu", freeze_gc: bool = False) -> None:
+                 device: Any = "cpu", freeze_gc: bool = False, trust_batch: int = 1) -> None:
         low = -np.inf if problem.input_low is None else problem.input_low
         high = np.inf if problem.input_high is None else problem.input_high
         reference = problem.reference
@@ -344,8 +348,12 @@ class RecedingHorizonPolicy(Controller):
         self.rules, self._step_budget = rules, step_time_budget
         self.trust, self.fallback, self._device = trust, fallback, device
         self._freeze_gc = bool(freeze_gc)
+        self._trust_batch = check_positive_int(trust_batch, "trust_batch")
         self._executor: ThreadPoolExecutor | None = None  # background confidence estimates
-        self._pending: list[tuple[int, PlanResult, Future]] = []
+        # Plans waiting for a background estimate: those not yet submitted, then the submitted
+        # batches with their future.
+        self._unrated: list[tuple[int, PlanResult, torch.Tensor]] = []
+        self._pending: list[tuple[list[tuple[int, PlanResult]], Future]] = []
         self.reset()
 
     # -- what a subclass provides --------------------------------------------------------------
@@ -380,6 +388,7 @@ class RecedingHorizonPolicy(Controller):
         ``step_time_budget``.
         """
         self._pending.clear()  # a previous episode's estimates are not this one's
+        self._unrated.clear()
         self.use_escalated(0)
         self.last_plan: PlanResult | None = None
         self.reset_time_s = 0.0
@@ -470,30 +479,47 @@ class RecedingHorizonPolicy(Controller):
         return list(self._episode.escalations)
 
     def _rate_later(self, k: int, plan: PlanResult) -> None:
-        """Start the confidence estimate of step ``k``'s plan in the background."""
+        """Queue the confidence estimate of step ``k``'s plan for the background; every
+        ``trust_batch`` plans (every plan under ``on_ood="escalate"``, whose next step waits for
+        it) go to the background thread as one batch."""
+        x = torch.as_tensor(plan.window, device=self._device)[None]
+        self._unrated.append((k, plan, x))
+        if len(self._unrated) >= self._trust_batch or self.rules.on_ood == "escalate":
+            self._submit_unrated()
+
+    def _submit_unrated(self) -> None:
+        """Start the background estimate of the queued plans (one batch)."""
+        if not self._unrated:
+            return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1,
                                                 thread_name_prefix="ddcontrol-trust")
-        x = torch.as_tensor(plan.window, device=self._device)[None]
-        self._pending.append((k, plan, self._executor.submit(self._background_job(x))))
+        items = [(k, plan) for k, plan, _ in self._unrated]
+        x = torch.cat([x for _, _, x in self._unrated])
+        self._unrated = []
+        self._pending.append((items, self._executor.submit(self._background_job(x))))
 
-    def _background_job(self, x: torch.Tensor) -> Callable[[], tuple[Any, float | None]]:
-        """What runs in the background for the plan window ``x`` (1, L, C) whose confidence
-        comes later: it returns the trust estimator's report and the plan's manifold distance,
-        or None where the plan computed that itself (this class: always)."""
+    def _background_job(self, x: torch.Tensor
+                        ) -> Callable[[], tuple[Any, list[float] | None]]:
+        """What runs in the background for the plan windows ``x`` (B, L, C) whose confidence
+        comes later: it returns the trust estimator's report and the plans' manifold distances,
+        or None where the plans computed them themselves (this class: always)."""
         trust = self.trust
         return lambda: (trust(x, repredict=False), None)
 
     def _collect_trust(self, wait: bool = False) -> None:
-        """Attach the background estimates that have finished (all with ``wait``) to their
-        plans, and count the flagged ones."""
-        while self._pending and (wait or self._pending[0][2].done()):
-            k, plan, future = self._pending.pop(0)
-            result, distance = future.result()
-            report = result.item(0)
-            if distance is not None:
-                plan.manifold_distance = distance
-            plan.estimated_deviation, plan.ood, plan.trust = (
-                report["estimated_deviation"], report["ood"], report)
-            if plan.ood:
-                self.rules.flagged_input(self._episode, k, plan, plan.inputs[0], None)
+        """Attach the background estimates that have finished (all with ``wait``, the queued
+        ones included) to their plans, and count the flagged ones."""
+        if wait:
+            self._submit_unrated()
+        while self._pending and (wait or self._pending[0][1].done()):
+            items, future = self._pending.pop(0)
+            result, distances = future.result()
+            for i, (k, plan) in enumerate(items):
+                report = result.item(i)
+                if distances is not None:
+                    plan.manifold_distance = distances[i]
+                plan.estimated_deviation, plan.ood, plan.trust = (
+                    report["estimated_deviation"], report["ood"], report)
+                if plan.ood:
+                    self.rules.flagged_input(self._episode, k, plan, plan.inputs[0], None)

@@ -29,7 +29,13 @@ thread; about 110-170 s)::
 
     OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_batch_plans.py
 
-writes ``benchmarks/results/batch_plans.json``. Recorded, plans per CPU second (speedup over
+writes ``benchmarks/results/batch_plans.json``. Session 18 (the damped k x k inverse by
+Cholesky, :func:`~ddcontrol.solvers.conditioned.damped_pinv`; load average about 1), K = 64:
+unicycle 79.4 / 433.0 / 868.0 plans/s (cold / warm / warm_j5) against 7.4 / 66.8 / 121.1
+sequential (10.8x / 6.5x / 7.2x); msd 138.4 / 212.1 / 478.7 against 34.8 / 54.8 / 73.1 (4.0x /
+3.9x / 6.6x). The session-17 recording (below) ran in a slower hour of this machine.
+
+Recorded (session 17), plans per CPU second (speedup over
 sequential); one start per plan (``num_starts=1``; the system defaults' 8 cold starts would
 multiply every cold batch by 8); warm plans take the system's ``iterations_per_step`` (5 on the
 unicycle, 20 on the msd); the tracker's default ``row_dtype="auto"``: from 128 pinned rows

@@ -44,7 +44,9 @@ class SystemDefaults:
         loop needs few: over its 9 suite runs (3 seeds x 3 references, 200 steps) 5 iterations
         cost 1.2-8.3 % more than 20 (median 2.0 %; 8 iterations: -0.4 to +2.1 %) at a third of
         the time per step; 3 cost 10 % more on the figure of eight (seed 0), 2 cost 39 %, and
-        1 (what a 0.45 dt budget leaves on 172 of 200 steps) 14-16x.
+        1 (what a 0.45 dt budget leaves on 172 of 200 steps) 14-16x. The double pendulum keeps
+        20: 10 cost 0.98-1.20x as much over its 9 suite runs (median 1.015x; iteration-limited,
+        session 18), and 20 already fit its budget (p95 at most 0.45 dt).
     jacobian_every : int
         Warm solves compute the pinned coordinates' Jacobian rows every this many iterations
         and reuse them and the inverse of their small block in between

@@ -372,7 +372,6 @@ def test_batched_background_ratings_equal_one_at_a_time(trust_batch):
         for a, b in zip(acts_alone, acts_together):
             np.testing.assert_array_equal(a, b)  # "warn" never changes an input
         # Before the flags are read: the batches submitted so far, not the queued rest.
-        rated = sum(p.estimated_deviation is not None for p in plans_together)
         together._collect_trust(wait=False)
         for _, future in together._pending:
             future.result()

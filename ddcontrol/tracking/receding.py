@@ -352,7 +352,7 @@ class RecedingHorizonPolicy(Controller):
         self._executor: ThreadPoolExecutor | None = None  # background confidence estimates
         # Plans waiting for a background estimate: those not yet submitted, then the submitted
         # batches with their future.
-        self._unrated: list[tuple[int, PlanResult, torch.Tensor]] = []
+        self._unrated: list[tuple[int, PlanResult]] = []
         self._pending: list[tuple[list[tuple[int, PlanResult]], Future]] = []
         self.reset()
 
@@ -482,8 +482,7 @@ class RecedingHorizonPolicy(Controller):
         """Queue the confidence estimate of step ``k``'s plan for the background; every
         ``trust_batch`` plans (every plan under ``on_ood="escalate"``, whose next step waits for
         it) go to the background thread as one batch."""
-        x = torch.as_tensor(plan.window, device=self._device)[None]
-        self._unrated.append((k, plan, x))
+        self._unrated.append((k, plan))
         if len(self._unrated) >= self._trust_batch or self.rules.on_ood == "escalate":
             self._submit_unrated()
 
@@ -494,9 +493,8 @@ class RecedingHorizonPolicy(Controller):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1,
                                                 thread_name_prefix="ddcontrol-trust")
-        items = [(k, plan) for k, plan, _ in self._unrated]
-        x = torch.cat([x for _, _, x in self._unrated])
-        self._unrated = []
+        items, self._unrated = self._unrated, []
+        x = torch.as_tensor(np.stack([plan.window for _, plan in items]), device=self._device)
         self._pending.append((items, self._executor.submit(self._background_job(x))))
 
     def _background_job(self, x: torch.Tensor

@@ -41,13 +41,6 @@ def _silu_and_slope(h: Tensor, ones: Tensor) -> tuple[Tensor, Tensor]:
     return F.silu(h), torch.ops.aten.silu_backward(ones, h)
 
 
-def _times(g: Tensor, slope: Tensor, n: int, b: int) -> Tensor:
-    """(n B, W) ⊙ (B, W), the slope broadcast over the n cotangents of each batch element."""
-    if b == 1:  # one plan: the rows broadcast as they are
-        return g * slope
-    return (g.view(n, b, -1) * slope).view(n * b, -1)
-
-
 class FrozenResidualMLP:
     """``BehaviorDenoiser(ResidualMLP)`` evaluated at one noise level σ (a float).
 
@@ -151,27 +144,39 @@ class FrozenResidualMLP:
     def _vjp_rows(self, slopes: list[Tensor], uf: Tensor, n: int, b: int) -> Tensor:
         """v'(x)ᵀ of n cotangents flattened to rows ``uf`` (n B, d), in the network's dtype:
         one matrix product per layer for all of them."""
-        last = _times(uf @ self.w_out, self.c_out * slopes[-1], n, b)  # the last hidden state
-        g = self._blocks_back(last, slopes, n, b, self._low(self.dtype)[1])
+        last = (uf.view(n, b, -1) @ self.w_out).mul_(self.c_out * slopes[-1])  # last hidden
+        g = self._blocks_back(last, slopes, self._low(self.dtype)[1]).view(n * b, -1)
         gx = torch.addmm(uf, g, self.w_in, beta=self.c_skip, alpha=self.c_in)
         if self.w_skip is not None:
             gx = torch.addmm(gx, uf, self.w_skip, alpha=self.skip_scale)
         return gx
 
     @staticmethod
-    def _blocks_back(g: Tensor, slopes: list[Tensor], n: int, b: int,
-                     blocks: list[tuple[Tensor, Tensor]]) -> Tensor:
-        """Cotangents ``g`` (n B, W) of the last hidden state carried back through the residual
-        blocks to the first one. ``blocks``: each block's (W1, W2) in the products' dtype; the
-        operands are cast to it and the results back, the elementwise work stays in g's."""
-
-        def mm(a: Tensor, w: Tensor) -> Tensor:
-            return a @ w if a.dtype == w.dtype else (a.to(w.dtype) @ w).to(a.dtype)
-
+    def _blocks_back(g: Tensor, slopes: list[Tensor], blocks: list[tuple[Tensor, Tensor]],
+                     low_slopes: list[Tensor] | None = None) -> Tensor:
+        """Cotangents ``g`` (n, B, W) of the last hidden state carried back through the residual
+        blocks to the first one (``g`` is overwritten: callers pass a temporary); the slopes
+        (B, W) broadcast over the n cotangents. ``blocks``: each block's (W1, W2) in the
+        products' dtype. In a lower one (bfloat16) the branch inside a block stays in it (its
+        product's output times the slope, rounded as the next product's operand would be) and
+        only the residual stream g is carried in the network's dtype: at 2,560 rows the casts
+        and elementwise passes cost more than bfloat16 products, and casting every product's
+        operands and result back took the unicycle's 40 rows of 64 plans 14.1 ms against 10.2
+        (same rounding error, 6.5e-4 of the largest entry). ``low_slopes``: the slopes in that
+        dtype (cast once by the caller for all its chunks)."""
+        low = blocks[0][0].dtype if blocks else g.dtype
+        if low == g.dtype:
+            for k in range(len(blocks) - 1, -1, -1):
+                w1, w2 = blocks[k]
+                gz = (g @ w2).mul_(slopes[2 * k + 1])
+                g.addcmul_(gz @ w1, slopes[2 * k])
+            return g
+        if low_slopes is None:
+            low_slopes = [s.to(low) for s in slopes]
         for k in range(len(blocks) - 1, -1, -1):
             w1, w2 = blocks[k]
-            gz = _times(mm(g, w2), slopes[2 * k + 1], n, b)
-            g = g + _times(mm(gz, w1), slopes[2 * k], n, b)
+            gz = (g.to(low) @ w2).mul_(low_slopes[2 * k + 1])
+            g.addcmul_((gz @ w1).to(g.dtype), slopes[2 * k])
         return g
 
     def rows(self, slopes: list[Tensor], index: Tensor, dtype: torch.dtype | None = None
@@ -181,9 +186,10 @@ class FrozenResidualMLP:
         The VJPs of the unit cotangents e_i, without their arithmetic on zeros: the output layer
         and the skips are gathers of one row each, so only the hidden layers and the input layer
         are matrix products. ``dtype`` (e.g. ``torch.bfloat16``) is the precision of those
-        products' operands (accumulated in float32 by the BLAS, elementwise work in the network's
-        dtype); the network's own by default. On CPUs with native bfloat16 products (AVX512-BF16,
-        AMX) and on CUDA they run 2-4.5x faster than float32 at 40-2,560 rows, with a relative
+        products' operands (accumulated in float32 by the BLAS; the residual stream in the
+        network's dtype, see :meth:`_blocks_back`); the network's own by default. On CPUs with
+        native bfloat16 products (AVX512-BF16, AMX) and on CUDA they run 2-4.5x faster than
+        float32 at 40-2,560 rows (3x at 2,560 on this machine's AMX), with a relative
         error of about 2⁻⁸ in each row: enough for a chord method's Jacobian (see
         :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`'s ``row_dtype``).
         """
@@ -193,12 +199,13 @@ class FrozenResidualMLP:
         out = torch.empty(k, b, d, dtype=self.dtype, device=self.device)
         chunk = max(1, VJP_ROWS // b)
         last = self.c_out * slopes[-1]
+        low_slopes = None if w_in.dtype == self.dtype else [s.to(w_in.dtype) for s in slopes]
         for start in range(0, k, chunk):
             idx = index[start:start + chunk]
             n = idx.numel()
-            g = (self.w_out[idx].unsqueeze(1) * last).view(n * b, -1)  # (n B, W)
-            g = self._blocks_back(g, slopes, n, b, blocks)
-            gx = (g.to(w_in.dtype) @ w_in).to(self.dtype).view(n, b, d).mul_(self.c_in)
+            g = self.w_out[idx].unsqueeze(1) * last  # (n, B, W)
+            g = self._blocks_back(g, slopes, blocks, low_slopes)
+            gx = (g.to(w_in.dtype) @ w_in).to(self.dtype).mul_(self.c_in)
             if self.w_skip is not None:
                 gx += self.skip_scale * self.w_skip[idx].unsqueeze(1)
             gx[torch.arange(n, device=gx.device), :, idx] += self.c_skip

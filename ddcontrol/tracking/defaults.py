@@ -56,7 +56,8 @@ class SystemDefaults:
         reusing the inverse alone with exact directions; reusing the rows too cost 0.9992x to
         1.0013x that over the 9 suite runs, at one backward pass per iteration instead of two)
         at about half the time per iteration; on the double pendulum it does not (seed 0,
-        swing: 1.66x against 1.04x), so the generic default is 1.
+        swing: 1.66x against 1.04x; 3 with the rows reused, over its 9 suite runs: 1.05-1.49x
+        the cost of 1, median 1.13x, iteration-limited), so the generic default is 1.
     num_starts : int
         Cold starts (at ``reset``, and in :meth:`plan` without a warm start) solved at once
         from the best candidate windows, the best kept. 8 rather than 1 moved the unicycle's

@@ -110,8 +110,8 @@ def test_warm_starts_and_the_fallback_cold_start_search_equal_single_plans(mimo,
                                       initial_point=cold.windows[i], iterations=7, refine=False)
                for i, ref in enumerate(m["refs"])]
     assert_same_plans(warm, singles)
-    # With a trust estimator every plan gets its measures; all but the past-sensitivity probe
-    # (whose noise is drawn for the whole batch) are the single plan's.
+    # With a trust estimator every plan gets its measures, the single plan's (the
+    # past-sensitivity probe perturbs every plan's past by the same fixed noise).
     trust = TrustEstimator(tr.denoiser, tr.candidates, input_dim=2, t_ini=m["t_ini"],
                            dtype=F64, repredict_iterations=0)
     tr.trust = trust
@@ -126,7 +126,8 @@ def test_warm_starts_and_the_fallback_cold_start_search_equal_single_plans(mimo,
         one = m["tracker"](ref, trust=trust).plan(
             m["past_u"][i], m["past_y"][i], current_y=m["current"][i], start=m["ks"][i],
             initial_point=cold.windows[i], iterations=7, refine=False)
-        for name in ("residual", "sigma_shift", "support", "local_support"):
+        for name in ("residual", "sigma_shift", "support", "local_support", "sensitivity",
+                     "estimated_deviation"):
             assert rated.trust[i][name] == pytest.approx(one.trust[name], rel=1e-9, abs=1e-12)
     # The search that scores each problem with its own cost (symmetries that are not affine
     # per sample) picks the same starts as the moment-based one.

@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "adds up the threads' time)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    if args.threads < 1:
-        ap.error("--threads must be at least 1")
+    if args.threads < 1 or args.repeats < 1:
+        ap.error("--threads and --repeats must be at least 1")
     torch.set_num_threads(args.threads)
     if args.sequential > max(args.sizes):
         ap.error("--sequential must not exceed the largest --sizes")

@@ -285,7 +285,8 @@ def bench_system(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for t in seq_threads:
                 elapsed, plans = _sequential(trackers, prob, n_seq, run_opts, warm, t)
                 runs.append(elapsed)
-                seq_plans = seq_plans or plans
+                if seq_plans is None:
+                    seq_plans = plans
             seq_rounds.append(min(runs, key=lambda r: r[clock]))
             for k in sizes:
                 elapsed, res = _batched(tracker, problems, prob, k, run_opts, warm)

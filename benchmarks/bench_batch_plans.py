@@ -35,6 +35,34 @@ Run (the recorded figures; a 2-core machine with no other job, load average abou
     OMP_NUM_THREADS=1 python benchmarks/bench_batch_plans.py --repeats 5    # batch_plans.json
     python benchmarks/bench_batch_plans.py --repeats 5 --threads 2 \
         --out benchmarks/results/batch_plans_threads2.json
+    # and twice more each, back to back: batch_plans_run2.json, batch_plans_run3.json,
+    # batch_plans_threads2_run2.json, batch_plans_threads2_run3.json
+
+Session 20 (the bfloat16 rows' residual stream in bfloat16 too,
+:meth:`~ddcontrol.score.frozen.FrozenResidualMLP.rows`: the unicycle's 40 rows of 64 plans in
+0.80x the time, interleaved against the head; a warm batch of 64 unicycle plans 204-210 instead
+of 230-253 ms in alternating processes), K = 64, the median speedup of 5 rounds in each of three
+runs (run 1 / run 2 / run 3)::
+
+    threads  system    cold                warm                warm_j5
+    1        unicycle  11.8 / 10.0 / 12.3   9.4 / 9.4 / 8.8    10.6 / 11.8 / 12.0
+    1        msd        9.3 / 9.1 / 9.3     8.1 / 8.9 / 8.9    14.6 / 14.7 / 14.6
+    2        unicycle  12.5 / 12.6 / 12.7  10.9 / 11.3 / 11.3  14.3 / 15.1 / 14.6
+    2        msd       11.1 / 9.2 / 11.6   11.0 / 11.1 / 10.4  16.8 / 17.3 / 16.4
+
+With the whole CPU every mode reaches 10x at the median of the runs (worst run: the msd's cold
+plans, 9.2x, when its single plans ran fastest, 19.8 plans/s against 14.4 and 16.5); with one
+thread the unicycle's warm plans with exact rows (8.8-9.4x) and the msd's cold and warm plans
+(9.1-9.3x, 8.1-8.9x) stay short. Single plans ran slower than in session 19 (one thread:
+unicycle 4.1-5.9 / 29-44 / 40-52, msd 10.8-12.0 / 18.6-24.0 / 21.5-26.9 plans/s, against 7.5 / 52 /
+66 and 18 / 28 / 37): a slow day of this machine, which slows the per-operation overhead of
+single plans more than the arithmetic of batches, so part of the rise is the machine's. The
+msd's float32 rows are not changed by this session's code (bfloat16 rows only; ``"auto"`` keeps
+float32 at its damping 0.01): its 9.0x (session 19) and 9.2-11.6x (here) with the whole CPU are
+the same code on differently loaded hours. Batched == sequential as before: float64 to 4e-11;
+float32: the unicycle's cold plans within 6e-2 of 10 in their inputs and 0.5 % in cost
+(bfloat16 rows in the batch, float32 in single plans), the msd's warm_j5 costs within 0.8 %
+(round-off that the damped chord amplifies, as in session 19), the others within 0.07 %.
 
 Session 19 (the bfloat16 rows' block branches kept in bfloat16,
 :meth:`~ddcontrol.score.frozen.FrozenResidualMLP._blocks_back`: 64 x 40 unicycle rows in 10.2

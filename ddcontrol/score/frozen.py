@@ -145,31 +145,23 @@ class FrozenResidualMLP:
         """v'(x)ᵀ of n cotangents flattened to rows ``uf`` (n B, d), in the network's dtype:
         one matrix product per layer for all of them."""
         last = (uf.view(n, b, -1) @ self.w_out).mul_(self.c_out * slopes[-1])  # last hidden
-        g = self._blocks_back(last, slopes, self._low(self.dtype)[1]).view(n * b, -1)
+        g = self._blocks_back(last, slopes, self._low(self.dtype)[2]).view(n * b, -1)
         gx = torch.addmm(uf, g, self.w_in, beta=self.c_skip, alpha=self.c_in)
         if self.w_skip is not None:
             gx = torch.addmm(gx, uf, self.w_skip, alpha=self.skip_scale)
         return gx
 
     @staticmethod
-    def _blocks_back(g: Tensor, slopes: list[Tensor], blocks: list[tuple[Tensor, Tensor]],
-                     low_slopes: list[Tensor] | None = None) -> Tensor:
+    def _blocks_back(g: Tensor, slopes: list[Tensor], blocks: list[tuple[Tensor, Tensor]]
+                     ) -> Tensor:
         """Cotangents ``g`` (n, B, W) of the last hidden state carried back through the residual
-        blocks to the first one (``g`` is overwritten: callers pass a temporary); the slopes
-        (B, W) broadcast over the n cotangents. ``blocks``: each block's (W1, W2) in the
-        products' dtype. In a lower one (bfloat16) the branch inside a block stays in it (its
-        product's output times the slope, rounded as the next product's operand would be) and
-        only the residual stream g is carried in the network's dtype: at 2,560 rows the casts
-        and elementwise passes cost more than bfloat16 products, and casting every product's
-        operands and result back took the unicycle's 40 rows of 64 plans 14.1 ms against 10.2
-        (same rounding error, 6.5e-4 of the largest entry). ``low_slopes``: the slopes in that
-        dtype (cast once by the caller for all its chunks; None: the products in g's dtype)."""
-        lows = slopes if low_slopes is None else low_slopes
-        low = lows[0].dtype
+        blocks to the first one (``g`` is overwritten: callers pass a temporary), all in g's
+        dtype; the slopes (B, W) broadcast over the n cotangents. ``blocks``: each block's
+        (W1, W2) in that dtype."""
         for k in range(len(blocks) - 1, -1, -1):
             w1, w2 = blocks[k]
-            gz = (g.to(low) @ w2).mul_(lows[2 * k + 1])  # .to is a no-op in g's own dtype
-            g.addcmul_((gz @ w1).to(g.dtype), slopes[2 * k])
+            gz = (g @ w2).mul_(slopes[2 * k + 1])
+            g.addcmul_(gz @ w1, slopes[2 * k])
         return g
 
     def rows(self, slopes: list[Tensor], index: Tensor, dtype: torch.dtype | None = None
@@ -178,40 +170,46 @@ class FrozenResidualMLP:
 
         The VJPs of the unit cotangents e_i, without their arithmetic on zeros: the output layer
         and the skips are gathers of one row each, so only the hidden layers and the input layer
-        are matrix products. ``dtype`` (e.g. ``torch.bfloat16``) is the precision of those
-        products' operands (accumulated in float32 by the BLAS; the residual stream in the
-        network's dtype, see :meth:`_blocks_back`); the network's own by default. On CPUs with
+        are matrix products. ``dtype`` (e.g. ``torch.bfloat16``) is the precision of that backward
+        pass (the products accumulated in float32 by the BLAS; their operands and results, the
+        slopes and the residual stream rounded to it; the skips and the result in the
+        network's dtype); the network's own by default. On CPUs with
         native bfloat16 products (AVX512-BF16, AMX) and on CUDA they run 2-4.5x faster than
-        float32 at 40-2,560 rows (3x at 2,560 on this machine's AMX), with a relative
-        error of about 2⁻⁸ in each row: enough for a chord method's Jacobian (see
+        float32 at 40-2,560 rows (3x at 2,560 on this machine's AMX). The residual stream in
+        bfloat16 too: the unicycle's 40 rows of 64 plans take 0.80x the time they took with it
+        in float32 (19.8 against 24.3 ms, interleaved; the casts and float32 elementwise passes
+        around every bfloat16 product), their RMS error 1.3e-3 of the rows' RMS against 8.6e-4
+        (the trained model, windows near its data; the mass-spring-damper's 2.2e-3 against
+        1.7e-3): within the 2⁻⁸ (3.9e-3) of bfloat16's rounding of each row, enough for a chord
+        method's Jacobian (see
         :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`'s ``row_dtype``).
         """
         b, d = slopes[-1].shape[0], self.w_out.shape[0]
         k = index.numel()
-        w_in, blocks = self._low(self.dtype if dtype is None else dtype)
+        w_out, w_in, blocks = self._low(self.dtype if dtype is None else dtype)
+        low = w_in.dtype
         out = torch.empty(k, b, d, dtype=self.dtype, device=self.device)
         chunk = max(1, VJP_ROWS // b)
-        last = self.c_out * slopes[-1]
-        low_slopes = (None if w_in.dtype == self.dtype
-                      else [s.to(w_in.dtype) for s in slopes[:-1]])  # the blocks' slopes
+        last = (self.c_out * slopes[-1]).to(low)
+        block_slopes = [s.to(low) for s in slopes[:-1]]  # no-ops in the network's dtype
         for start in range(0, k, chunk):
             idx = index[start:start + chunk]
             n = idx.numel()
-            g = self.w_out[idx].unsqueeze(1) * last  # (n, B, W)
-            g = self._blocks_back(g, slopes, blocks, low_slopes)
-            gx = (g.to(w_in.dtype) @ w_in).to(self.dtype).mul_(self.c_in)
+            g = w_out[idx].unsqueeze(1) * last  # (n, B, W)
+            g = self._blocks_back(g, block_slopes, blocks)
+            gx = (g @ w_in).to(self.dtype).mul_(self.c_in)
             if self.w_skip is not None:
                 gx += self.skip_scale * self.w_skip[idx].unsqueeze(1)
             gx[torch.arange(n, device=gx.device), :, idx] += self.c_skip
             out[start:start + n] = gx
         return out
 
-    def _low(self, dtype: torch.dtype) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """The input layer's and the blocks' matrices in ``dtype`` (copies made once; views of
-        the weights in the network's own dtype)."""
+    def _low(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+        """The output layer's, the input layer's and the blocks' matrices in ``dtype`` (copies
+        made once; views of the weights in the network's own dtype)."""
         cache = self.__dict__.setdefault("_low_cache", {})
         if dtype not in cache:
-            cache[dtype] = (self.w_in.to(dtype),
+            cache[dtype] = (self.w_out.to(dtype), self.w_in.to(dtype),
                             [(w1.to(dtype), w2.to(dtype)) for w1, _, w2, _ in self.blocks])
         return cache[dtype]
 

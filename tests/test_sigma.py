@@ -257,11 +257,17 @@ def test_selection_with_the_plan_term():
         select_sigma_windows(den, w[:4], input_dim=M, t_ini=3, plan=(0.0, 0.01))
 
 
-def test_selection_uses_fewer_windows_without_explicit_vjps(tmp_path):
+def test_selection_uses_fewer_windows_without_explicit_vjps(tmp_path, monkeypatch):
+    import ddcontrol.score.sigma as sigma_module
     from ddcontrol.data import collect
     from ddcontrol.score import load_model, train
     from ddcontrol.score.sigma import AUTO_WINDOWS, AUTO_WINDOWS_AUTOGRAD, auto_sigma_selection_windows
 
+    # The window counts are under test, not the sweep: one σ and two iterations per solve keep
+    # the U-Net's autograd selections to seconds (the whole grid took about 60 s of this test).
+    real = sigma_module.select_sigma_windows
+    monkeypatch.setattr(sigma_module, "select_sigma_windows", lambda *a, **k: real(
+        *a, **{**k, "grid": (0.1,), "iterations": 2, "plan_iterations": 2}))
     data = collect("ddcontrol/MassSpringDamper-v0", 8, 16, seed=0)
     train(_tiny_config(tmp_path / "mlp", select_sigma=False), data)
     train(_tiny_config(tmp_path / "unet", select_sigma=False, arch="unet"), data)

@@ -177,8 +177,10 @@ def test_configuration_errors(msd: TrajectoryDataset) -> None:
 
 
 def test_measured_sigma_data_and_unet(msd: TrajectoryDataset) -> None:
+    # No σ selection: through the U-Net's autograd it took about 19 of this test's 22 s, and
+    # test_sigma covers the selection of a U-Net.
     model = train(TrainConfig(**{**TINY, "window": 9}, arch="unet", base_channels=8, steps=3,
-                              sigma_data=None), msd)
+                              sigma_data=None, select_sigma=False), msd)
     assert 0.5 < model.sigma_data < 2.0
     assert model.denoiser(torch.randn(2, 9, 2), 0.1).shape == (2, 9, 2)
 

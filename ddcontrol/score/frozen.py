@@ -170,17 +170,17 @@ class FrozenResidualMLP:
 
         The VJPs of the unit cotangents e_i, without their arithmetic on zeros: the output layer
         and the skips are gathers of one row each, so only the hidden layers and the input layer
-        are matrix products. ``dtype`` (e.g. ``torch.bfloat16``) is the precision of that backward
-        pass (the products accumulated in float32 by the BLAS; their operands and results, the
-        slopes and the residual stream rounded to it; the skips and the result in the
-        network's dtype); the network's own by default. On CPUs with
-        native bfloat16 products (AVX512-BF16, AMX) and on CUDA they run 2-4.5x faster than
-        float32 at 40-2,560 rows (3x at 2,560 on this machine's AMX). The residual stream in
-        bfloat16 too: the unicycle's 40 rows of 64 plans take 0.80x the time they took with it
-        in float32 (19.8 against 24.3 ms, interleaved; the casts and float32 elementwise passes
-        around every bfloat16 product), their RMS error 1.3e-3 of the rows' RMS against 8.6e-4
-        (the trained model, windows near its data; the mass-spring-damper's 2.2e-3 against
-        1.7e-3): within the 2⁻⁸ (3.9e-3) of bfloat16's rounding of each row, enough for a chord
+        are matrix products. ``dtype`` (e.g. ``torch.bfloat16``) is the precision of that
+        backward pass (the products accumulated in float32 by the BLAS; their operands and
+        results, the slopes and the residual stream rounded to it; the skips and the result in
+        the network's dtype); the network's own by default. On CPUs with native bfloat16
+        products (AVX512-BF16, AMX) and on CUDA they run 2-4.5x faster than float32 at
+        40-2,560 rows (3x at 2,560 on this machine's AMX). The residual stream in bfloat16 too:
+        the unicycle's 40 rows of 64 plans take 0.80x the time they took with it in float32
+        (19.8 against 24.3 ms, interleaved; the casts and float32 elementwise passes around
+        every bfloat16 product), their RMS error 1.3e-3 of the rows' RMS against 8.6e-4 (the
+        trained model, windows near its data; the mass-spring-damper's 2.2e-3 against 1.7e-3):
+        within the 2⁻⁸ (3.9e-3) of bfloat16's rounding of each row, enough for a chord
         method's Jacobian (see
         :class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`'s ``row_dtype``).
         """

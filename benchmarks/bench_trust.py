@@ -15,7 +15,9 @@ Each plan is a cold start at the cheapest training window, ``--iterations`` of D
 bounds and a trust radius (the tracker's "pin" solver with nothing measured), then a refinement
 (inputs pinned, 8 Gauss-Newton iterations annealed to σ 0.02: the tracker's before each system
 had its own; ``--refinement system`` refines as the tracker now does, with the system's
-iterations and final σ: 30 iterations at the plan's σ, 0.02 on the unicycle). Its inputs are
+iterations and final σ: 30 iterations ending at the plan's σ, 0.02 on the unicycle, started at
+σ 0.3 with the plan's damping (``--refine-start``; 0: at the plan's σ with damping 1e-3, the
+tracker's refinement before session 21)). Its inputs are
 replayed in the true simulator from the true initial state; the label is ``deviation > 0.1``
 (``ddcontrol.evaluate.replay``). The planning σ is chosen from held-out data by
 :func:`ddcontrol.score.sigma.select_sigma`.
@@ -91,31 +93,48 @@ of 72 replays worse than the best training window; the current rule (deviation >
 than the best window) misses none by construction.
 
 ``--refinement system`` (the tracker's own refinement of finite-horizon plans; recorded in
-``results/trust_system_refinement.json``, seed 1 in ``..._seed1.json``; same models): the plans
-drift far less (pendulum 5 of 120 instead of 23, unicycle 53 instead of 79), and the estimate::
+``results/trust_system_refinement.json``, seed 1 in ``..._seed1.json``; same models). Since
+session 21 the tracker starts the refinement at σ 0.3 (the plan's σ before), which makes the
+plans' predictions closer to what the system does; the same plans (same solves, only the
+refinement differs), before -> now::
 
-    system            seed  drifting  AUROC  recall          false alarms
-    coupled           0      1        1.000  1 / 1           1 / 119
-    pendulum          0      5        0.920  2 / 5           2 / 115 (0.017)
-    unicycle          0     53        0.998  52 / 53 (0.98)  2 / 67  (0.030)
-    coupled-early200  0     77        0.685  0 / 77          0 / 43
-    pendulum          1      6        1.000  6 / 6           1 / 114
-    unicycle          1     49        0.997  47 / 49 (0.96)  1 / 71
-    msd (both seeds), coupled (seed 1): no drifting plan, 1-2 false alarms of 120
+    system            seed  drifting  AUROC          recall                     false alarms
+    coupled           0      1 -> 1   1.000 -> 1.000 1 / 1 -> 1 / 1             1 / 119 -> 1 / 119
+    pendulum          0      5 -> 2   0.920 -> 1.000 2 / 5 -> 2 / 2             2 / 115 -> 2 / 118
+    unicycle          0     53 -> 47  0.998 -> 0.998 52 / 53 -> 46 / 47 (0.98) 2 / 67 -> 2 / 73
+    coupled-early200  0     77 -> 77  0.685 -> 0.684 0 / 77 -> 0 / 77           0 / 43 -> 0 / 43
+    pendulum          1      6 -> 6   1.000 -> 1.000 6 / 6 -> 6 / 6             1 / 114 -> 1 / 114
+    unicycle          1     49 -> 43  0.997 -> 0.988 47 / 49 -> 37 / 43 (0.86) 1 / 71 -> 2 / 77
+    msd (both seeds), coupled (seed 1): no drifting plan, 1 false alarm of 120 (before 1-2)
 
-Missed there: the pendulum's three drifting scaled references on seed 0 (deviations 0.110-0.140,
-estimates 0.026-0.069: refined at the plan's σ, the plan's outputs are the model's own
-prediction for its inputs, so the reprediction agrees with them by construction and only the
-σ-shift can see a wrong one; it caught the other two, at 0.29-0.30), and every drifting plan of
-the early coupled model (refined at its σ 0.3, its plans are its own, wrong, predictions).
+Replay deviation of the plans, 90th percentile / worst, before -> now: double pendulum seed 0
+scaled references 0.111 / 0.140 -> 0.080 / 0.085 (its three drifting ones, deviations
+0.110-0.140, were the misses before: refined at the plan's σ from outputs the cost had pulled
+beyond the data, the refinement stopped near its start), steps 0.039 / 0.047 -> 0.030 / 0.042;
+unicycle seed 0 scaled 0.959 / 2.25 -> 0.225 / 0.379, steps 1.31 / 1.39 -> 0.787 / 0.835;
+seed 1 scaled 0.237 / 0.286 -> 0.034 / 0.078, steps (median) 0.584 -> 0.153; in-range plans
+unchanged to the third digit. Fast sines beyond the unicycle's speeds, which every refinement
+leaves far off (all 20 drift, all flagged), went from 4.6 / 7.5 to 7.8 / 15.9 on seed 1.
+
+Missed now: the unicycle's seed-1 steps that the new refinement brought from deviations of
+0.26-0.58 to 0.10-0.17 (4 of 18 drifting steps, estimates 0.034-0.074) and two in-range plans
+missed before as well (0.148, 0.151; estimates 0.085, 0.075): 0.86 against the 90 % target.
+The reprediction sees half or less of these plans' deviation: both its solves and the plan
+agree with each other (the spread of 5 starts, neutral and the 4 nearest training windows, is
+at most 0.003 on the pendulum's scaled plans) and are wrong together, and the σ-shift,
+support and combinations of the terms (2x or 1.5x the reprediction, the reprediction plus the
+σ-shift) do not separate them without false alarms elsewhere. The early coupled model's
+drifting plans (refined at its σ 0.3, its own, wrong, predictions) stay unflagged; probes at
+0.45 and 0.6 instead of 0.2 did not rank them better (AUROC 0.687, 0.612).
 
 Both together, every model trained and every plan refined as the tracker's defaults do
 (``--system-training --refinement system``, ``results/trust_system_training_refinement.json``):
 the trained models' plans hardly drift and every drifting one is flagged (pendulum 2 of 120,
-both flagged, no false alarm; coupled masses 1 of 1, none; mass-spring-damper none drifts, 3
-false alarms of 120); the early-stopped ones are not: the mass-spring-damper's 6 drifting plans
-all missed (AUROC 0.962), the coupled masses' 39 ranked at chance (AUROC 0.51, 3 of 39, 12 %
-false alarms).
+both flagged, no false alarm; coupled masses 1 of 1, none; mass-spring-damper none drifts, 1
+false alarm of 120, 3 before session 21's refinement); the early-stopped ones are not: the
+mass-spring-damper's 6 drifting plans all missed (AUROC 0.965), the coupled masses' 45 ranked
+near chance (AUROC 0.618, 3 of 45, 2 of 75 false alarms; before: 39 drifting, 0.51, 3 of 39,
+12 % false alarms).
 
 ``--system-training`` trains each model as the tracker's default models are trained (the
 system's ``SystemDefaults.train_options``: noise levels 0.015-0.5 on the linear systems and the
@@ -166,7 +185,7 @@ from ddcontrol.score.sigma import select_sigma  # noqa: E402
 from ddcontrol.solvers import Problem  # noqa: E402
 from ddcontrol.solvers.conditioned import ConditionedDRGD  # noqa: E402
 from ddcontrol.tracking.config import TrackerConfig  # noqa: E402
-from ddcontrol.tracking.defaults import system_defaults  # noqa: E402
+from ddcontrol.tracking.defaults import GENERIC, system_defaults  # noqa: E402
 from ddcontrol.tracking.refine import Refinement  # noqa: E402
 from ddcontrol.tracking.tracker import DenoisingTracker  # noqa: E402
 
@@ -283,8 +302,8 @@ class BatchCost:
 
 
 def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: list[int],
-               sigma: float, iterations: int, refinement: str = "fixed"
-               ) -> tuple[np.ndarray, np.ndarray]:
+               sigma: float, iterations: int, refinement: str = "fixed",
+               refine_start: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Batched tracker-style plans (normalised windows (B, L, C)) for references (B, N, q), and
     the cost of the best training window (same start) for each reference (B,)."""
     m, norm = model.input_dim, model.normalizer
@@ -310,15 +329,19 @@ def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: 
                              min_gradient_norm=0.0, record_history=False)
     x = solver.run(problem, initial_point=x0).point
     # The refinement (the tracker's Refinement: pin the clipped inputs, pull the outputs onto
-    # the manifold): "system", with the system's iterations and final σ (SystemDefaults);
-    # "fixed", 8 iterations annealed to σ 0.02 (the tracker's before the systems had their own).
+    # the manifold): "system", with the system's iterations and final σ (SystemDefaults),
+    # started at the larger of refine_start and σ; "fixed", 8 iterations annealed from σ to
+    # 0.02 (the tracker's before the systems had their own).
+    start, damping = sigma, TrackerConfig.refine_damping
     if refinement == "system":
         d = system_defaults(data.metadata["env_id"])
         final, steps = (sigma if d.refine_sigma is None else d.refine_sigma), d.refine_iterations
+        if refine_start:  # the tracker's since session 21: with the plan's damping
+            start, damping = max(sigma, refine_start), d.damping
     else:
         final, steps = min(sigma, 0.02), 8
     out = Refinement(model.denoiser, sigma, final, steps, 0, m, lo_t, hi_t,
-                     damping=TrackerConfig.refine_damping)(x, None)
+                     damping=damping, sigma_start=start)(x, None)
     return out.numpy(), best_cost
 
 
@@ -353,6 +376,13 @@ def rates(flag: np.ndarray, label: np.ndarray) -> dict[str, Any]:
             "drifting": int(label.sum()), "good": int((~label).sum())}
 
 
+def refinement_tag(args: argparse.Namespace) -> str:
+    """The plan cache's name for the refinement (none for "fixed"; the start σ unless 0)."""
+    if args.refinement != "system":
+        return ""
+    return "-system-refinement" + (f"-start{args.refine_start:g}" if args.refine_start else "")
+
+
 def run_system(name: str, args: argparse.Namespace, early_steps: int | None = None
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Plans, replays and the estimate's calibration for one system's model (``early_steps``:
@@ -377,7 +407,7 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
     # the estimator can be re-measured on the same plans.
     cache = folder / (f"plans-s{args.seed}-n{args.plans}-i{args.iterations}"
                       f"-{args.sigma if args.sigma is not None else 'auto'}"
-                      f"{'-system-refinement' if args.refinement == 'system' else ''}.npz")
+                      f"{refinement_tag(args)}.npz")
     refs, kinds = references(name, held, data, args.plans, rng)
     if args.reuse_plans and cache.exists():
         z = np.load(cache, allow_pickle=False)
@@ -391,7 +421,7 @@ def run_system(name: str, args: argparse.Namespace, early_steps: int | None = No
             sel = select_sigma(model, held, t_ini=0, max_windows=48, seed=args.seed, rule=rule)
             sigma, sweep = sel.sigma, sel.as_dict()
         plans, best_cost = make_plans(model, train_ds, refs, channels, sigma, args.iterations,
-                                      args.refinement)
+                                      args.refinement, args.refine_start)
         np.savez(cache, sigma=sigma, plans=plans, best_cost=best_cost, sweep=json.dumps(sweep))
     norm = model.normalizer
     phys = norm.denormalize(plans.astype(np.float64))
@@ -503,6 +533,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--refinement", choices=("fixed", "system"), default="fixed",
                     help="the plans' refinement: 8 iterations annealed to σ 0.02 (fixed), or "
                          "the tracker's with the system's iterations and final σ (system)")
+    ap.add_argument("--refine-start", type=float, default=GENERIC.refine_sigma_start,
+                    help="with --refinement system: σ at which the refinement starts, if above "
+                         "the plan's, with the plan's damping (the tracker's default; 0: at the "
+                         "plan's σ with damping 1e-3, as the tracker refined before session 21)")
     ap.add_argument("--reuse-plans", action="store_true",
                     help="reuse the plans cached in benchmarks/models/trust-<system>/ by a "
                          "run with the same seed, plans, iterations and --sigma")

@@ -238,6 +238,10 @@ def test_system_defaults_reach_the_tracker_and_options_override_them():
     assert tracker.refine_iterations == d.refine_iterations == 30
     assert tracker.refine_sigma == d.refine_sigma == 0.02 and tracker.config.damping == d.damping
     assert system_defaults("ddcontrol/DoublePendulum-v0").refine_sigma is None  # the plan's σ
+    # ... started at 0.3 (or the plan's σ, if larger) with the plan's damping.
+    assert tracker.refine_sigma_start == d.refine_sigma_start == 0.3
+    assert tracker.refinement.sigma_start == max(0.3, tracker.sigma)
+    assert tracker.refine_damping == d.damping
     assert isinstance(tracker.symmetry, PlanarSymmetry)
     tuned = make_controller("denoising", UNI, ref, 1.0, 0.001, horizon=5, data=data,
                             model=Model(), options={"sigma": 0.2, "step_time_budget": 0.02})

@@ -88,6 +88,11 @@ def test_settings_are_one_checked_record_read_through_the_tracker(msd):
     assert (tr.sigma, tr.jacobian_every, tr.step_time_budget, tr.solver_name) == (
         1e-3, 3, 0.5, "drgd")
     assert tr.refine_sigma == 1e-3  # min(sigma, 0.02)
+    assert tr.refine_sigma_start is None and tr.refinement.sigma_start == tr.sigma
+    assert make(msd, refine_sigma_start=0.3).refinement.sigma_start == 0.3
+    assert make(msd, sigma=0.5, refine_sigma_start=0.3).refinement.sigma_start == 0.5
+    with pytest.raises(ConfigurationError):
+        TrackerConfig(refine_sigma_start=-0.1)
     with pytest.raises(AttributeError, match="setting"):
         tr.sigma = 0.1
     with pytest.raises(ConfigurationError):
@@ -227,3 +232,28 @@ def test_batched_guided_plans_inpaint_each_problems_own_past(exact_projector):
     batch = tr.plan_batch(pu, py, start=ks)
     got = data.normalizer.denormalize(batch.windows[:, :t_ini])
     np.testing.assert_allclose(got, np.concatenate([pu, py], axis=-1), atol=1e-9)
+
+
+def test_refinement_anneals_from_its_start_to_its_final_sigma():
+    """``sigma_start`` above the final σ: the pull begins at the start and anneals down to the
+    final σ (monotonically) over the first half; without it, every call is at the plan's σ."""
+    from ddcontrol.tracking.refine import Refinement
+
+    seen = []
+
+    def shrink(x, sigma):  # the projection onto the subspace y = u, at every σ
+        seen.append(float(sigma))
+        mean = 0.5 * (x[..., :1] + x[..., 1:])
+        return torch.cat([mean, mean], dim=-1)
+
+    box = (torch.full((6, 2), -torch.inf, dtype=F64), torch.full((6, 2), torch.inf, dtype=F64))
+    x = torch.randn(3, 6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    out = Refinement(shrink, 0.05, 0.05, 10, 0, 1, *box, sigma_start=0.3)(x, None)
+    assert seen[0] == pytest.approx(0.3) and seen[-1] == pytest.approx(0.05)
+    assert all(a >= b - 1e-12 for a, b in zip(seen, seen[1:]))
+    # Inputs pinned; the outputs pulled onto y = u.
+    assert torch.equal(out[..., :1], x[..., :1])
+    assert torch.allclose(out[..., 1:], out[..., :1], atol=1e-6)
+    seen.clear()
+    Refinement(shrink, 0.05, 0.05, 10, 0, 1, *box)(x, None)
+    assert set(seen) == {0.05}

@@ -155,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
                                    R=system.R, sigma=system.sigma, solver=system.solver,
                                    iterations=30 if args.quick else 500,
                                    num_starts=system.num_starts,
-                                   refine_iterations=system.refine_iterations,
-                                   refine_sigma=system.refine_sigma, damping=system.damping,
+                                   **system.refine_options(), damping=system.damping,
                                    device=args.device)
     from ddcontrol.cli.track import write_plots
 

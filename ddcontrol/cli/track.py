@@ -125,8 +125,7 @@ def run(args: argparse.Namespace) -> int:
                "sigma_start": args.sigma_start, "solver": args.solver,
                "iterations": args.iterations,
                "num_starts": sd.num_starts if args.starts is None else args.starts,
-               "refine_iterations": sd.refine_iterations, "refine_sigma": sd.refine_sigma,
-               "damping": sd.damping,
+               **sd.refine_options(), "damping": sd.damping,
                "device": args.device}
     if args.closed_loop is not None:
         t_ini = model.window_length - horizon

@@ -58,7 +58,8 @@ class TrackerConfig:
 
     The fields are the tracker's keywords of the same names (documented there); ``t_ini`` is
     T_ini in samples, σ values are in normalised units, times in seconds. ``refine_sigma=None``
-    becomes ``sigma``. ``escalate_sigma`` becomes the ladder of σ an escalating episode climbs
+    becomes ``sigma``; the refinement starts at the larger of ``refine_sigma_start`` and ``sigma``
+    (None: at ``sigma``). ``escalate_sigma`` becomes the ladder of σ an escalating episode climbs
     (increasing, each above ``sigma``; empty: no escalation): None gives the σ of the selection
     grid above ``sigma`` (:data:`~ddcontrol.score.sigma.SIGMA_GRID`), a number one rung, a
     sequence its values.
@@ -76,6 +77,7 @@ class TrackerConfig:
     num_starts: int = 1
     refine_iterations: int = 8
     refine_sigma: float | None = None
+    refine_sigma_start: float | None = None
     refine_damping: float = 1e-3
     jacobian_every: int = 1
     row_dtype: Any = "auto"
@@ -110,6 +112,8 @@ class TrackerConfig:
             put(name, check_positive_float(getattr(self, name), name))
         put("refine_sigma", self.sigma if self.refine_sigma is None
             else check_positive_float(self.refine_sigma, "refine_sigma"))
+        put("refine_sigma_start", _optional_float(self.refine_sigma_start,
+                                                  "refine_sigma_start"))
         put("step_time_budget", _optional_float(self.step_time_budget, "step_time_budget"))
         put("row_dtype", check_row_dtype(self.row_dtype))
         put("escalate_sigma", escalation_ladder(self.escalate_sigma, self.sigma))

@@ -75,6 +75,17 @@ class SystemDefaults:
         σ at which that refinement ends (normalised units); None: the plan's σ. Which is
         better depends on the model: at the plan's σ the mass-spring-damper's plans deviated
         0.012 (median; 0.078 refined at 0.02), the unicycle's 0.047 (0.036 refined at 0.02).
+    refine_sigma_start : float or None
+        σ at which that refinement starts, if above the plan's (normalised units; None: at the
+        plan's σ); it anneals to ``refine_sigma`` over the first half of the iterations, with
+        ``damping`` as its Tikhonov damping (the tracker's ``refine_damping``). A solve leaves
+        outputs that the cost pulled towards the reference, often beyond the data, where the
+        learned pull at a small σ is weak: begun at 0.3, the refinement is first pulled towards
+        the data. On ``bench_conditioned_prediction.py``'s plans from measured pasts (begun at
+        the plan's σ with damping 1e-3 -> now, median / p90 / worst deviation): double
+        pendulum 0.011 / 0.036 / 0.239 -> 0.0074 / 0.025 / 0.076, unicycle 0.036 / 0.092 /
+        0.104 -> 0.035 / 0.087 / 0.112, mass-spring-damper 0.0052 / 0.010 / 0.021 -> 0.0055 /
+        0.0082 / 0.015. With 8 iterations it is worse than none (4 left at the final σ).
     damping : float
         Tikhonov damping of the plan's least-squares solves for the pinned measured past
         (:class:`~ddcontrol.solvers.conditioned.ConditionedDRGD`). A smaller one fits the
@@ -111,6 +122,7 @@ class SystemDefaults:
     num_starts: int = 8
     refine_iterations: int = 30
     refine_sigma: float | None = None
+    refine_sigma_start: float | None = 0.3
     damping: float = 0.05
     step_time_fraction: float | None = 0.45
     reference: str = "random"
@@ -135,13 +147,18 @@ class SystemDefaults:
         return resolve_sigma(model, dataset, t_ini=self.t_ini
                              if 0 < self.t_ini < model.window_length else None)
 
+    def refine_options(self) -> dict[str, Any]:
+        """The refinement's keyword arguments of
+        :class:`~ddcontrol.tracking.tracker.DenoisingTracker` (``refine_*``)."""
+        return {"refine_iterations": self.refine_iterations, "refine_sigma": self.refine_sigma,
+                "refine_sigma_start": self.refine_sigma_start, "refine_damping": self.damping}
+
     def tracker_options(self, dt: float) -> dict[str, Any]:
         """Keyword arguments of :class:`~ddcontrol.tracking.tracker.DenoisingTracker`."""
         return {"sigma": self.sigma, "solver": self.solver,
                 "iterations_per_step": self.iterations_per_step,
                 "jacobian_every": self.jacobian_every, "num_starts": self.num_starts,
-                "refine_iterations": self.refine_iterations, "refine_sigma": self.refine_sigma,
-                "damping": self.damping,
+                **self.refine_options(), "damping": self.damping,
                 "step_time_budget": None if self.step_time_fraction is None
                 else self.step_time_fraction * dt}
 

@@ -125,8 +125,12 @@ at most 0.003 on the pendulum's scaled plans) and are wrong together, and the σ
 support and combinations of the terms (2x or 1.5x the reprediction, the reprediction plus the
 σ-shift) do not separate them without false alarms elsewhere; nor does the reprediction made
 differently (unicycle seed 1, recall and false alarms): at the refinement's final σ 0.02
-instead of the plan's 0.03, 38 / 43 and 4 / 77; with damping 0.01, 32 / 43 and 6 / 77; with 80
-pulls, 35 / 43 and 0 / 77. The early coupled model's
+instead of the plan's 0.03, 38 / 43 and 4 / 77; at σ 0.1, 34 / 43 and 0 / 77; at σ 0.3, 41 / 43
+and 5 / 77 (and 11 / 114 of the double pendulum's good plans flagged); with damping 0.01,
+32 / 43 and 6 / 77; with 80 pulls, 35 / 43 and 0 / 77. Scaling the estimate by the median
+ratio of true to estimated error on held-out windows (a conformal-style calibration from the
+data) gave 41 / 43 with 6 / 77 false alarms; its 90th percentile flagged every plan of the
+unicycle, whose held-out predictions from rest at σ 0.02-0.03 are poor. The early coupled model's
 drifting plans (refined at its σ 0.3, its own, wrong, predictions) stay unflagged; probes at
 0.45 and 0.6 instead of 0.2 did not rank them better (AUROC 0.687, 0.612).
 

@@ -130,7 +130,8 @@ and 5 / 77 (and 11 / 114 of the double pendulum's good plans flagged); with damp
 32 / 43 and 6 / 77; with 80 pulls, 35 / 43 and 0 / 77. Scaling the estimate by the median
 ratio of true to estimated error on held-out windows (a conformal-style calibration from the
 data) gave 41 / 43 with 6 / 77 false alarms; its 90th percentile flagged every plan of the
-unicycle, whose held-out predictions from rest at σ 0.02-0.03 are poor. The early coupled model's
+unicycle (its held-out windows begin anywhere in a trajectory, where the inputs alone, with no
+measured past, do not determine the outputs: median error 0.75). The early coupled model's
 drifting plans (refined at its σ 0.3, its own, wrong, predictions) stay unflagged; probes at
 0.45 and 0.6 instead of 0.2 did not rank them better (AUROC 0.687, 0.612).
 

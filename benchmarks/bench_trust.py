@@ -348,12 +348,12 @@ def make_plans(model: Any, data: TrajectoryDataset, refs: np.ndarray, channels: 
     # the manifold): "system", with the system's iterations and final σ (SystemDefaults),
     # started at the larger of refine_start and σ; "fixed", 8 iterations annealed from σ to
     # 0.02 (the tracker's before the systems had their own).
-    start, damping = sigma, TrackerConfig.refine_damping
+    start, damping = None, TrackerConfig.refine_damping
     if refinement == "system":
         d = system_defaults(data.metadata["env_id"])
         final, steps = (sigma if d.refine_sigma is None else d.refine_sigma), d.refine_iterations
         if refine_start:  # the tracker's since session 21: with the plan's damping
-            start, damping = max(sigma, refine_start), d.damping
+            start, damping = refine_start, d.damping
     else:
         final, steps = min(sigma, 0.02), 8
     out = Refinement(model.denoiser, sigma, final, steps, 0, m, lo_t, hi_t,

@@ -56,15 +56,16 @@ class Refinement:
     damping : float
         Tikhonov damping of the Gauss-Newton solves (:class:`ConditionedDRGD`).
     sigma_start : float, optional
-        σ at the start (normalised units); default ``sigma``. σ anneals geometrically from it
-        to ``refine_sigma`` over the first half of the iterations when they differ.
+        σ at the start if above ``sigma`` (normalised units; default and below it: ``sigma``).
+        σ anneals geometrically from the start to ``refine_sigma`` over the first half of the
+        iterations when they differ.
     """
 
     def __init__(self, denoiser: Any, sigma: float, refine_sigma: float, iterations: int,
                  t_ini: int, input_dim: int, lower: Tensor, upper: Tensor,
                  damping: float = 1e-3, sigma_start: float | None = None) -> None:
         self.denoiser, self.sigma, self.refine_sigma = denoiser, sigma, refine_sigma
-        self.sigma_start = sigma if sigma_start is None else sigma_start
+        self.sigma_start = sigma if sigma_start is None else max(sigma, sigma_start)
         self.damping = damping
         self.iterations, self.t_ini, self.m = iterations, t_ini, input_dim
         self.lower, self.upper = lower, upper

@@ -383,7 +383,7 @@ class DenoisingTracker(RecedingHorizonPolicy):
         self.refinement = Refinement(denoiser, cfg.sigma, cfg.refine_sigma,
                                      cfg.refine_iterations, cfg.t_ini, m, *self.box,
                                      damping=cfg.refine_damping,
-                                     sigma_start=max(cfg.sigma, cfg.refine_sigma_start or 0.0))
+                                     sigma_start=cfg.refine_sigma_start)
         low = -np.inf if problem.input_low is None else problem.input_low
         high = np.inf if problem.input_high is None else problem.input_high
         warm = np.zeros(m) if warmup_input is None else as_finite_array(warmup_input,
